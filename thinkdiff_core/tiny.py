@@ -1,0 +1,81 @@
+"""Tiny random-weight models of the real architectures, paired with real tokenizers.
+
+Real Qwen2-VL-7B / flan-t5-xxl / FLUX weights cannot be downloaded here (and many users are
+offline), so tests, the quick-start demo and the trainer's tests build these at set-up time.
+Tokenizers are real: ComfyUI ships the Qwen2/2.5-VL vocabulary (``comfy/text_encoders/qwen25_tokenizer``)
+and the T5 sentencepiece vocabulary (``comfy/text_encoders/t5_tokenizer``); pass their folders in.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .aligner import Aligner
+
+
+def find_tokenizer(name: str, comfyui_dir: str | os.PathLike | None = None) -> str:
+    """Folder of a tokenizer ComfyUI ships: name is 'qwen25_tokenizer' or 't5_tokenizer'."""
+    candidates = [comfyui_dir, os.environ.get("COMFYUI_DIR"),
+                  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".comfyui")]
+    for c in candidates:
+        if c and os.path.isdir(os.path.join(c, "comfy", "text_encoders", name)):
+            return os.path.join(c, "comfy", "text_encoders", name)
+    raise FileNotFoundError(f"tokenizer folder comfy/text_encoders/{name} not found; set COMFYUI_DIR to a "
+                            f"ComfyUI checkout or run scripts/bootstrap.sh")
+
+
+def build_tiny_qwen2vl(dst: str | os.PathLike, tokenizer_dir: str | os.PathLike, hidden_size: int = 64,
+                       num_layers: int = 2, seed: int = 0) -> str:
+    """A random Qwen2VLForConditionalGeneration saved as a normal HF folder (config, safetensors,
+    tokenizer, image/video processor), loadable by :meth:`VLMEncoder.from_pretrained`."""
+    from transformers import (AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    dst = os.fspath(dst)
+    tok = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir), local_files_only=True)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in
+           ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
+    head_dim = hidden_size // 4
+    mrope = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]   # sums to head_dim / 2
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, rope_scaling={"type": "mrope", "mrope_section": mrope},
+                         tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(dst)
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tok,
+                                 video_processor=Qwen2VLVideoProcessor())
+    processor.save_pretrained(dst)
+    return dst
+
+
+def build_tiny_aligner(in_dim: int, out_dim: int = 4096, hidden_dim: int | None = 256, seed: int = 0) -> Aligner:
+    """A random aligner (default-initialised linears, norm weight 1)."""
+    torch.manual_seed(seed)
+    return Aligner(in_dim, out_dim, hidden_dim).eval()
+
+
+def build_tiny_t5(dst: str | os.PathLike, tokenizer_dir: str | os.PathLike, d_model: int = 64,
+                  num_layers: int = 2, seed: int = 0) -> str:
+    """A random T5ForConditionalGeneration (flan-t5 layout: gated-gelu, untied head) + the real T5 tokenizer."""
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+    dst = os.fspath(dst)
+    tok = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir), local_files_only=True)
+    cfg = T5Config(vocab_size=32128, d_model=d_model, d_kv=max(8, d_model // 4), d_ff=2 * d_model,
+                   num_layers=num_layers, num_decoder_layers=num_layers, num_heads=4,
+                   feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
+                   pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(cfg).save_pretrained(dst)
+    tok.save_pretrained(dst)
+    return dst
