@@ -1,0 +1,186 @@
+"""Random-weight stand-ins for every model a ThinkDiff FLUX workflow loads, in the real file formats.
+
+Real Qwen2-VL-7B / ThinkDiff / FLUX weights cannot be downloaded here, so the node tests and the
+quick-start demo build these instead. ComfyUI loads them exactly like the real files (stock
+UNETLoader / CLIPLoader / VAELoader detection); the images are noise-like but deterministic.
+
+    models/diffusion_models/thinkdiff-demo-flux1-dev.safetensors   FLUX-dev layout, hidden 3072, 1+1 blocks, bf16 (1 GB)
+    models/clip/thinkdiff-demo-clip_l.safetensors                  full-size random CLIP-L text model, fp16
+    models/vae/thinkdiff-demo-taef1.safetensors                    TAESD-style FLUX VAE (16 channels)
+    models/LLM/thinkdiff-demo-qwen2vl/                             tiny Qwen2-VL (hidden 64) + the real Qwen2 tokenizer
+    models/thinkdiff/thinkdiff-demo-aligner.pth                    aligner 64 -> 4096 in the official .pth layout
+    models/thinkdiff/thinkdiff-demo-aligner-3584.safetensors       aligner for a 3584-wide VLM (mismatch checks)
+
+CLI: python scripts/demo_models.py MODELS_DIR [--comfyui DIR] [--force]
+The FLUX/VAE layouts come from ComfyUI's own classes (built on the meta device), so ComfyUI must be
+importable: pass its folder (or set COMFYUI_DIR).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FLUX_FILE = "thinkdiff-demo-flux1-dev.safetensors"
+CLIP_FILE = "thinkdiff-demo-clip_l.safetensors"
+VAE_FILE = "thinkdiff-demo-taef1.safetensors"
+VLM_DIR = "thinkdiff-demo-qwen2vl"
+ALIGNER_FILE = "thinkdiff-demo-aligner.pth"
+WRONG_ALIGNER_FILE = "thinkdiff-demo-aligner-3584.safetensors"
+VLM_HIDDEN = 64
+
+# Real file name -> demo file name, per loader input: run_workflow.py and the tests swap them in.
+DEMO_NAMES = {
+    ("UNETLoader", "unet_name"): FLUX_FILE,
+    ("CLIPLoader", "clip_name"): CLIP_FILE,
+    ("VAELoader", "vae_name"): VAE_FILE,
+    ("ThinkDiffLoadVLM", "vlm_name"): VLM_DIR,
+    ("ThinkDiffLoadAligner", "aligner_name"): ALIGNER_FILE,
+}
+
+
+def default_comfyui_dir() -> str:
+    return os.environ.get("COMFYUI_DIR") or os.path.join(ROOT, ".comfyui")
+
+
+def _import_comfy(comfyui_dir: str):
+    """Make ComfyUI's `comfy` package importable in CPU mode (no CUDA probing)."""
+    if not os.path.isfile(os.path.join(comfyui_dir, "comfy", "model_management.py")):
+        raise FileNotFoundError(f"no ComfyUI at {comfyui_dir}; pass --comfyui or set COMFYUI_DIR "
+                                f"(scripts/bootstrap.sh installs one into .comfyui)")
+    if comfyui_dir not in sys.path:
+        sys.path.append(comfyui_dir)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    import comfy.ops  # noqa: F401  (imports model_management with args.cpu set)
+
+
+def _fill(shapes: dict, dtype, seed: int) -> dict:
+    """Every key gets a value (ComfyUI layers do not initialise weights): weights randn/sqrt(fan_in),
+    biases zero, norm scales one."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, shape in shapes.items():
+        if k.endswith(".scale") or "norm" in k and k.endswith(".weight") and len(shape) == 1:
+            t = torch.ones(shape)
+        elif k.endswith(".bias"):
+            t = torch.zeros(shape)
+        elif len(shape) >= 2:
+            fan_in = math.prod(shape[1:])
+            t = torch.randn(shape, generator=g) / math.sqrt(fan_in)
+        else:
+            t = torch.randn(shape, generator=g) * 0.02
+        sd[k] = t.to(dtype).contiguous()
+    return sd
+
+
+def build_flux(path: str, comfyui_dir: str, seed: int = 0) -> str:
+    """Smallest FLUX-dev that ComfyUI's stock detection accepts: hidden 3072 (24 heads are hard-coded),
+    1 double block, 1 single block, guidance embedding."""
+    import torch
+    from safetensors.torch import save_file
+    _import_comfy(comfyui_dir)
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+    model = Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                 hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=1,
+                 axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
+                 device="meta", dtype=torch.bfloat16, operations=comfy.ops.disable_weight_init)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    sd = _fill(shapes, torch.bfloat16, seed)
+    tmp = path + ".tmp"
+    save_file(sd, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def build_taef1(path: str, comfyui_dir: str, seed: int = 0) -> str:
+    import torch
+    from safetensors.torch import save_file
+    _import_comfy(comfyui_dir)
+    from comfy.taesd.taesd import TAESD
+    with torch.device("meta"):
+        model = TAESD(latent_channels=16)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    sd = _fill(shapes, torch.float32, seed)
+    sd["vae_scale"] = torch.tensor(0.3611)
+    sd["vae_shift"] = torch.tensor(0.1159)
+    save_file(sd, path)
+    return path
+
+
+def build_clip_l(path: str, seed: int = 0) -> str:
+    """A full-size random CLIP-L text model (CLIPLoader type stable_diffusion detects it)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                         num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
+                         hidden_act="quick_gelu")
+    torch.manual_seed(seed)
+    model = CLIPTextModelWithProjection(cfg)
+    sd = {k: v.to(torch.float16).contiguous() for k, v in model.state_dict().items()
+          if not k.endswith("position_ids")}
+    save_file(sd, path)
+    return path
+
+
+def build_demo_models(models_dir: str, comfyui_dir: str | None = None, force: bool = False,
+                      log=print) -> dict:
+    """Create every demo model under models_dir (skipping files that exist unless force).
+    Returns {what: path}."""
+    import torch
+    sys.path.insert(0, ROOT) if ROOT not in sys.path else None
+    from thinkdiff_core.aligner import Aligner
+    from thinkdiff_core.checkpoint import save_aligner
+    from thinkdiff_core.tiny import build_tiny_aligner, build_tiny_qwen2vl, find_tokenizer
+    comfyui_dir = comfyui_dir or default_comfyui_dir()
+    out = {}
+
+    def want(sub: str, name: str) -> tuple[str, bool]:
+        d = os.path.join(models_dir, sub)
+        os.makedirs(d, exist_ok=True)
+        p = os.path.join(d, name)
+        return p, force or not os.path.exists(p)
+
+    steps = [
+        ("flux", "diffusion_models", FLUX_FILE, lambda p: build_flux(p, comfyui_dir)),
+        ("vae", "vae", VAE_FILE, lambda p: build_taef1(p, comfyui_dir)),
+        ("clip", "clip", CLIP_FILE, build_clip_l),
+        ("vlm", "LLM", VLM_DIR, lambda p: build_tiny_qwen2vl(p, find_tokenizer("qwen25_tokenizer", comfyui_dir),
+                                                            hidden_size=VLM_HIDDEN)),
+        ("aligner", "thinkdiff", ALIGNER_FILE,
+         lambda p: torch.save({"model": build_tiny_aligner(VLM_HIDDEN, seed=1).state_dict()}, p)),
+        ("wrong_aligner", "thinkdiff", WRONG_ALIGNER_FILE,
+         lambda p: save_aligner(Aligner(3584, 4096, 32), p, source_vlm="(demo: random, 3584 wide)")),
+    ]
+    for what, sub, name, fn in steps:
+        path, build = want(sub, name)
+        if build:
+            t = time.time()
+            fn(path)
+            log(f"[demo-models] wrote {path} ({time.time() - t:.1f} s)")
+        out[what] = path
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models_dir", help="ComfyUI models folder to fill (e.g. ComfyUI/models)")
+    ap.add_argument("--comfyui", default=None, help="ComfyUI folder (default: $COMFYUI_DIR or .comfyui)")
+    ap.add_argument("--force", action="store_true", help="rebuild files that already exist")
+    ap.add_argument("--json", action="store_true", help="print the paths as JSON")
+    a = ap.parse_args(argv)
+    paths = build_demo_models(a.models_dir, a.comfyui, a.force, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(paths, indent=2) if a.json else "\n".join(paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

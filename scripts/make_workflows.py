@@ -1,0 +1,165 @@
+"""Regenerates workflows/*.json (UI format) with the real ComfyUI frontend.
+
+The graphs are described below as node specs; the frontend creates the nodes, sets the widgets,
+connects the links and serializes the graph exactly as ComfyUI's Save does. Needs a server with
+the pack installed: --url of a running one, or one is started on a temporary base directory.
+
+    python scripts/make_workflows.py [--url http://127.0.0.1:8188]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import comfy_server  # noqa: E402
+from ui_to_api import BrowserFrontend  # noqa: E402
+
+OUT = os.path.join(comfy_server.ROOT, "workflows")
+NOTE = """ThinkDiff + FLUX.1-dev ({title})
+
+Files (ComfyUI/models/...):
+- LLM/Qwen2-VL-7B-Instruct/  (the whole Hugging Face folder: config.json, *.safetensors, tokenizer and preprocessor files)
+- thinkdiff/thinkdiff_lvlm.pth  (ThinkDiff LVLM aligner; .safetensors converted with `python -m thinkdiff_core convert` also works)
+- diffusion_models/flux1-dev.safetensors
+- clip/clip_l.safetensors  (only its pooled output of the empty prompt is used; no T5 needed)
+- vae/ae.safetensors
+Input images: copy example_inputs/*.jpg of the pack into ComfyUI/input/.
+
+{how}
+Sampling: FLUX-dev distilled guidance 3.5 in the ThinkDiff Conditioning node, cfg 1 in the sampler
+(negative = ConditioningZeroOut), 28 steps. The VLM's text is shown in the Preview node."""
+
+PROPS = {"cnr_id": "thinkdiff"}
+OURS = {"color": "#335", "bgcolor": "#446", "properties": PROPS}
+
+
+def loaders() -> list[dict]:
+    return [
+        {"key": "unet", "type": "UNETLoader", "pos": [20, 440],
+         "widgets": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+        {"key": "clip", "type": "CLIPLoader", "pos": [20, 580],
+         "widgets": {"clip_name": "clip_l.safetensors", "type": "stable_diffusion"}},
+        {"key": "vae", "type": "VAELoader", "pos": [20, 740], "widgets": {"vae_name": "ae.safetensors"}},
+        {"key": "vlm", "type": "ThinkDiffLoadVLM", "pos": [20, 20],
+         "widgets": {"vlm_name": "Qwen2-VL-7B-Instruct", "dtype": "auto", "keep_loaded": True}, **OURS},
+        {"key": "aligner", "type": "ThinkDiffLoadAligner", "pos": [20, 180],
+         "widgets": {"aligner_name": "thinkdiff_lvlm.pth", "dtype": "fp32"}, **OURS},
+    ]
+
+
+def images(names: list[str]) -> list[dict]:
+    return [{"key": f"img{i + 1}", "type": "LoadImage", "pos": [360 + 250 * i, 20], "widgets": {"image": n}}
+            for i, n in enumerate(names)]
+
+
+def middle(n_images: int, preset: str, text: str, prefix: str) -> list[dict]:
+    links = {"vlm": ["vlm", 0], **{f"image_{i + 1}": [f"img{i + 1}", 0] for i in range(n_images)}}
+    return [
+        {"key": "enc", "type": "ThinkDiffVLMEncode", "pos": [360, 400], "size": [400, 420],
+         "widgets": {"preset": preset, "text": text, "max_new_tokens": 128, "seed": 0,
+                     "control_after_generate": "fixed", "temperature": 0.6, "top_p": 0.9, "stop_at_eos": False},
+         "links": links, **OURS},
+        {"key": "show", "type": "PreviewAny", "pos": [800, 20], "size": [400, 200], "title": "VLM text",
+         "links": {"source": ["enc", 1]}},
+        {"key": "cond", "type": "ThinkDiffConditioning", "pos": [800, 280],
+         "widgets": {"mode": "replace", "aligned_strength": 1.0, "text_strength": 1.0, "guidance": 3.5},
+         "links": {"aligner": ["aligner", 0], "embeds": ["enc", 0], "clip": ["clip", 0]}, **OURS},
+        {"key": "latent", "type": "EmptySD3LatentImage", "pos": [800, 560],
+         "widgets": {"width": 512, "height": 512, "batch_size": 1}},
+        {"key": "decode", "type": "VAEDecode", "pos": [1600, 280],
+         "links": {"samples": ["sampler", 0], "vae": ["vae", 0]}},
+        {"key": "save", "type": "SaveImage", "pos": [1600, 400], "size": [400, 440],
+         "widgets": {"filename_prefix": f"ThinkDiff/{prefix}"}, "links": {"images": ["decode", 0]}},
+    ]
+
+
+def ksampler() -> list[dict]:
+    return [
+        {"key": "neg", "type": "ConditioningZeroOut", "pos": [1220, 180], "links": {"conditioning": ["cond", 0]}},
+        {"key": "sampler", "type": "KSampler", "pos": [1220, 280],
+         "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": 28, "cfg": 1.0,
+                     "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0},
+         "links": {"model": ["unet", 0], "positive": ["cond", 0], "negative": ["neg", 0],
+                   "latent_image": ["latent", 0]}},
+    ]
+
+
+def custom_advanced() -> list[dict]:
+    return [
+        {"key": "guider", "type": "BasicGuider", "pos": [1220, 100],
+         "links": {"model": ["unet", 0], "conditioning": ["cond", 0]}},
+        {"key": "noise", "type": "RandomNoise", "pos": [1220, 200],
+         "widgets": {"noise_seed": 0, "control_after_generate": "fixed"}},
+        {"key": "ksel", "type": "KSamplerSelect", "pos": [1220, 330], "widgets": {"sampler_name": "euler"}},
+        {"key": "sched", "type": "BasicScheduler", "pos": [1220, 420],
+         "widgets": {"scheduler": "simple", "steps": 28, "denoise": 1.0}, "links": {"model": ["unet", 0]}},
+        {"key": "sampler", "type": "SamplerCustomAdvanced", "pos": [1220, 580],
+         "links": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["ksel", 0],
+                   "sigmas": ["sched", 0], "latent_image": ["latent", 0]}},
+    ]
+
+
+WORKFLOWS = {
+    "thinkdiff_in_context_reasoning": dict(
+        title="in-context reasoning", images=["thinkdiff_cup_red.jpg", "thinkdiff_cup_blue.jpg"],
+        preset="in_context", text="red, blue, green", sampler=ksampler,
+        how="Preset in_context: the paper's reasoning prompt. Text = one word per image, then the query word\n"
+            "(red + red cup, blue + blue cup, green -> the VLM reasons that a green cup comes next)."),
+    "thinkdiff_image_text": dict(
+        title="one image + text", images=["thinkdiff_cat.jpg"], preset="image_text",
+        text="Create a detailed diffusion prompt for this cat as an astronaut floating in space, "
+             "keep its fur colors.", sampler=ksampler,
+        how="Preset image_text: the image, then your instruction; the VLM writes the prompt it reasons out."),
+    "thinkdiff_two_images": dict(
+        title="two images", images=["thinkdiff_cat.jpg", "thinkdiff_rocket.jpg"], preset="two_images", text="",
+        sampler=custom_advanced,
+        how="Preset two_images: the VLM describes one new picture combining the subject of image 1 with image 2.\n"
+            "This graph samples with BasicGuider + SamplerCustomAdvanced (no negative needed)."),
+}
+
+
+def spec(name: str) -> list[dict]:
+    w = WORKFLOWS[name]
+    note = {"key": "note", "type": "Note", "pos": [20, 880], "size": [760, 330],
+            "widgets": {"text": NOTE.format(title=w["title"], how=w["how"])}}
+    return [note, *loaders(), *images(w["images"]), *middle(len(w["images"]), w["preset"], w["text"], name),
+            *w["sampler"]()]
+
+
+def generate(url: str, out_dir: str = OUT) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    with BrowserFrontend(url) as fe:
+        for name in WORKFLOWS:
+            wf = fe.build(spec(name))
+            wf["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "thinkdiff/" + name))
+            path = os.path.join(out_dir, name + ".json")
+            with open(path, "w") as f:
+                json.dump(wf, f, indent=2)
+                f.write("\n")
+            written.append(path)
+    return written
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--url", help="a running ComfyUI with the pack installed")
+    a = ap.parse_args()
+    if a.url:
+        paths = generate(a.url)
+    else:
+        with tempfile.TemporaryDirectory() as base:
+            comfy_server.install_pack(base)
+            with comfy_server.ComfyServer(base) as server:
+                paths = generate(server.url)
+    print("\n".join(paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""UI-format workflow (what ComfyUI's Save writes) -> API prompt (what POST /prompt runs).
+
+Two converters:
+* ``BrowserFrontend``: the real ComfyUI frontend served by the running server, in headless Chromium
+  (Debian's ``chromium`` + the ``playwright`` pip package; never ``playwright install``). It loads
+  the workflow like a user's drag-and-drop and calls ``app.graphToPrompt()``: the authoritative
+  conversion. It also builds UI workflows from node specs and takes screenshots.
+* ``python_convert``: a small pure-Python converter driven by the server's /object_info, for
+  machines without Chromium. It handles what our workflows use (links, widget values by position,
+  the seed's control_after_generate value, muted/bypassed and virtual nodes). The tests check that
+  both give the same prompt for every shipped workflow.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def chromium_path() -> str | None:
+    p = os.environ.get("THINKDIFF_CHROMIUM")
+    if p and os.path.isfile(p):
+        return p
+    for c in CHROMIUM_CANDIDATES:
+        if os.path.isfile(c):
+            return c
+    return shutil.which("chromium")
+
+
+def browser_available() -> tuple[bool, str]:
+    """(ok, why not)."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return False, "the playwright pip package is not installed (pip install playwright)"
+    if not chromium_path():
+        return False, "no Chromium binary (apt-get install chromium, or set THINKDIFF_CHROMIUM)"
+    return True, ""
+
+
+class BrowserFrontend:
+    """The server's real frontend in headless Chromium."""
+
+    def __init__(self, url: str, width: int = 1600, height: int = 1000):
+        self.url, self.width, self.height = url, width, height
+
+    def __enter__(self):
+        from playwright.sync_api import sync_playwright
+        ok, why = browser_available()
+        if not ok:
+            raise RuntimeError(f"cannot use the real frontend: {why}")
+        self._pw = sync_playwright().start()
+        self._browser = self._pw.chromium.launch(executable_path=chromium_path(), headless=True,
+                                                 args=["--no-sandbox", "--disable-gpu"])
+        self.page = self._browser.new_page(viewport={"width": self.width, "height": self.height})
+        self.page.goto(self.url + "/", wait_until="domcontentloaded", timeout=120_000)
+        self.page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._browser.close()
+        finally:
+            self._pw.stop()
+
+    def load(self, workflow: dict) -> list[str]:
+        """Load a UI workflow into the canvas; returns the node types the frontend does not know."""
+        return self.page.evaluate("""async (wf) => {
+            await window.app.loadGraphData(wf);
+            return window.app.graph._nodes.filter(n => n.has_errors || !window.LiteGraph.registered_node_types[n.type])
+                   .map(n => n.type);
+        }""", workflow)
+
+    def to_api(self, workflow: dict) -> dict:
+        missing = self.load(workflow)
+        if missing:
+            raise ValueError(f"the frontend does not know these node types: {', '.join(missing)}")
+        return self.page.evaluate("async () => (await window.app.graphToPrompt()).output")
+
+    def screenshot(self, workflow: dict, path: str) -> str:
+        self.load(workflow)
+        self.page.evaluate("() => { const c = document.querySelector('.p-dialog-mask');"
+                           " if (c) c.remove(); window.app.canvas.setDirty(true, true); }")
+        self.page.wait_for_timeout(800)
+        self.page.screenshot(path=path)
+        return path
+
+    def build(self, nodes: list[dict]) -> dict:
+        """Build a workflow in the canvas from node specs and return ``app.graph.serialize()``
+        (exactly what Save writes). Spec: {"key", "type", "pos": [x, y], "widgets": {name: value},
+        "links": {input_name: [source_key, output_index]}, "title"?, "size"?}."""
+        return self.page.evaluate("""(specs) => {
+            const LG = window.LiteGraph, graph = window.app.graph;
+            graph.clear();
+            const byKey = {};
+            for (const s of specs) {
+                const n = LG.createNode(s.type);
+                if (!n) throw new Error('unknown node type ' + s.type);
+                n.pos = s.pos;
+                if (s.title) n.title = s.title;
+                if (s.color) { n.color = s.color; n.bgcolor = s.bgcolor; }
+                Object.assign(n.properties, s.properties || {});
+                graph.add(n);
+                for (const [name, value] of Object.entries(s.widgets || {})) {
+                    const w = (n.widgets || []).find(w => w.name === name);
+                    if (!w) throw new Error(s.type + ' has no widget ' + name + ': ' + (n.widgets||[]).map(w=>w.name));
+                    w.value = value;
+                }
+                if (s.size) n.size = s.size; else n.setSize(n.computeSize());
+                byKey[s.key] = n;
+            }
+            for (const s of specs) {
+                for (const [inputName, [srcKey, slot]] of Object.entries(s.links || {})) {
+                    const target = byKey[s.key], src = byKey[srcKey];
+                    const idx = target.inputs.findIndex(i => i.name === inputName);
+                    if (idx < 0) throw new Error(s.type + ' has no input ' + inputName);
+                    src.connect(slot, target, idx);
+                }
+            }
+            graph.setDirtyCanvas(true, true);
+            return graph.serialize();
+        }""", nodes)
+
+
+def python_convert(workflow: dict, object_info: dict) -> dict:
+    """Pure-Python UI -> API conversion for the subset of the format our workflows use."""
+    links = {}
+    for link in workflow.get("links", []):
+        if isinstance(link, dict):
+            links[link["id"]] = (link["origin_id"], link["origin_slot"])
+        else:
+            links[link[0]] = (link[1], link[2])
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        ntype = node["type"]
+        if ntype in VIRTUAL_NODES or node.get("mode", 0) in (2, 4):   # 2 = muted, 4 = bypassed
+            continue
+        if ntype not in object_info:
+            raise ValueError(f"node {node['id']}: unknown node type {ntype} (is its pack installed?)")
+        info = object_info[ntype]
+        order = info.get("input_order") or {k: list(v) for k, v in info["input"].items()}
+        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
+        inputs = {}
+        values = list(node.get("widgets_values") or [])
+        if isinstance(node.get("widgets_values"), dict):
+            values = None
+        pos = 0
+        for name in order.get("required", []) + order.get("optional", []):
+            spec = specs[name]
+            typ, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+            is_widget = (isinstance(typ, list) or typ in WIDGET_TYPES) and not opts.get("forceInput")
+            if is_widget and values is not None:
+                if pos < len(values):
+                    inputs[name] = values[pos]
+                pos += 1
+                if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
+                    pos += 1   # the frontend's "control after generate" value follows the seed
+            elif is_widget and isinstance(node.get("widgets_values"), dict) and name in node["widgets_values"]:
+                inputs[name] = node["widgets_values"][name]
+            if name in linked:
+                src_id, src_slot = links[linked[name]]
+                src = nodes.get(src_id)
+                if src is None or src["type"] in VIRTUAL_NODES or src.get("mode", 0) in (2, 4):
+                    raise ValueError(f"node {node['id']} input {name}: links through virtual, muted or bypassed "
+                                     f"nodes are not supported by the pure-Python converter")
+                inputs[name] = [str(src_id), src_slot]
+        prompt[str(node["id"])] = {"inputs": inputs, "class_type": ntype,
+                                   "_meta": {"title": node.get("title") or info.get("display_name") or ntype}}
+    return prompt
