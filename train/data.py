@@ -1,0 +1,270 @@
+"""Data: image-caption sources for `precompute`, feature shards for `fit`, and the random-split batches.
+
+Feature shard format (webdataset tar, one sample = the files sharing a key):
+  KEY.json              {"key", "prompt" (instruction), "generated_text", "output_token_ids" (Qwen ids,
+                         incl. the EOS id when generation stopped there), "input_prompt", "n_tokens",
+                         "source" (caption / metadata of the input sample, if any)}
+  KEY.output_embed.pth  torch.save of the [N, D] final-norm states, row k produced token k (spec 1.1);
+                        read with torch.load(weights_only=True). The official shards' name
+                        ``model.norm.output_embed.pth`` is read too.
+  KEY.jpg / KEY.png     the source image (only with --store-image)
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import random
+import tarfile
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+FEATURE_KEYS = ("output_embed.pth", "model.norm.output_embed.pth")
+
+
+# ----------------------------------------------------------------------------------------------------
+# shard lists and tar reading
+
+def expand_shards(spec: str, what: str = "data") -> list[str]:
+    """A folder (its *.tar, sorted), a .tar file, a glob, a brace pattern, or a comma-separated list."""
+    from braceexpand import braceexpand
+    paths: list[str] = []
+    for part in [s.strip() for s in spec.split(",") if s.strip()]:
+        if os.path.isdir(part):
+            found = sorted(glob.glob(os.path.join(part, "*.tar")))
+            if not found:
+                raise FileNotFoundError(f"{what}: no .tar shards in folder {part}")
+            paths += found
+            continue
+        for p in braceexpand(part):
+            matches = sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p]
+            if not matches or not all(os.path.isfile(m) for m in matches):
+                raise FileNotFoundError(f"{what}: shard not found: {p}")
+            paths += matches
+    if not paths:
+        raise FileNotFoundError(f"{what}: nothing found for {spec!r}")
+    return paths
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """webdataset convention: 'dir/abc.output_embed.pth' -> ('dir/abc', 'output_embed.pth')."""
+    d, base = os.path.split(name)
+    stem, _, ext = base.partition(".")
+    return (os.path.join(d, stem) if d else stem), ext
+
+
+def iter_tar(path: str) -> Iterator[dict]:
+    """Samples of a webdataset tar in file order: {'__key__': key, ext: bytes, ...}."""
+    current: dict | None = None
+    with tarfile.open(path, "r|*") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            key, ext = split_key(m.name)
+            if not ext or os.path.basename(key).startswith("."):
+                continue
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key}
+            current[ext.lower()] = tf.extractfile(m).read()
+    if current is not None:
+        yield current
+
+
+# ----------------------------------------------------------------------------------------------------
+# image-caption sources (precompute)
+
+@dataclass
+class Unit:
+    """One unit of precompute work = one output shard."""
+    name: str                                   # output file name, e.g. 000003.tar
+    count: Callable[[], int]                    # number of samples (for the progress bar)
+    samples: Callable[[], Iterator[tuple[str, bytes, str, dict]]]   # (key, image bytes, image ext, source meta)
+
+
+def _folder_units(folder: str, shard_size: int) -> list[Unit]:
+    files = sorted(os.path.relpath(os.path.join(r, n), folder) for r, _, ns in os.walk(folder) for n in ns
+                   if n.rsplit(".", 1)[-1].lower() in IMAGE_EXTS and not n.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"data: no images ({', '.join(IMAGE_EXTS)}) in folder {folder}")
+
+    def make(chunk: list[str]):
+        def samples():
+            for rel in chunk:
+                path = os.path.join(folder, rel)
+                stem = os.path.splitext(path)[0]
+                meta = {"file": rel}
+                if os.path.isfile(stem + ".txt"):
+                    with open(stem + ".txt", encoding="utf-8") as fh:
+                        meta["caption"] = fh.read().strip()
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                # a webdataset key may not contain dots: they separate the key from the extension
+                key = os.path.splitext(rel)[0].replace(os.sep, "__").replace(".", "_")
+                yield key, data, rel.rsplit(".", 1)[-1].lower(), meta
+        return samples
+
+    chunks = [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
+    return [Unit(f"{i:06d}.tar", (lambda c=c: len(c)), make(c)) for i, c in enumerate(chunks)]
+
+
+def _tar_units(tars: list[str]) -> list[Unit]:
+    def make(path: str):
+        def samples():
+            for s in iter_tar(path):
+                ext = next((e for e in IMAGE_EXTS if e in s), None)
+                if ext is None:
+                    continue
+                meta = {}
+                if "txt" in s:
+                    meta["caption"] = s["txt"].decode("utf-8", "replace").strip()
+                if "json" in s:
+                    try:
+                        meta["json"] = json.loads(s["json"])
+                    except ValueError:
+                        pass
+                yield s["__key__"].replace("/", "__").replace(".", "_"), s[ext], ext, meta
+        return samples
+
+    def count(path: str) -> int:
+        with tarfile.open(path, "r|*") as tf:
+            return len({split_key(m.name)[0] for m in tf if m.isfile() and split_key(m.name)[1].lower() in IMAGE_EXTS})
+
+    names = [os.path.basename(t) for t in tars]
+    if len(set(names)) != len(names):   # tars from several folders with clashing names
+        names = [f"{i:06d}.tar" for i in range(len(tars))]
+    return [Unit(n, (lambda t=t: count(t)), make(t)) for n, t in zip(names, tars)]
+
+
+def image_units(spec: str, shard_size: int) -> list[Unit]:
+    if os.path.isdir(spec) and not glob.glob(os.path.join(spec, "*.tar")):
+        return _folder_units(spec, shard_size)
+    if not os.path.exists(spec) and not any(c in spec for c in "*?[{,"):
+        raise FileNotFoundError(f"data: image source not found: {spec}")
+    return _tar_units(expand_shards(spec, "data"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# feature shards (fit)
+
+@dataclass
+class Sample:
+    key: str
+    ids: list[int]          # Qwen token ids of the generation
+    feat: bytes             # torch.save'd [N, D] tensor (decoded lazily: shards are read whole)
+
+    def features(self) -> torch.Tensor:
+        t = torch.load(io.BytesIO(self.feat), map_location="cpu", weights_only=True)
+        if t.ndim != 2 or t.shape[0] != len(self.ids):
+            raise ValueError(f"sample {self.key}: features {tuple(t.shape)} do not match {len(self.ids)} token ids")
+        return t
+
+
+def read_feature_shard(path: str) -> list[Sample]:
+    out = []
+    for s in iter_tar(path):
+        feat = next((s[k] for k in FEATURE_KEYS if k in s), None)
+        if feat is None or "json" not in s:
+            raise ValueError(f"{path}: sample {s['__key__']} has no json / output_embed.pth "
+                             f"(files: {', '.join(k for k in s if k != '__key__')}); not a feature shard?")
+        meta = json.loads(s["json"])
+        out.append(Sample(s["__key__"], [int(i) for i in meta["output_token_ids"]], feat))
+    return out
+
+
+def feature_dim(path: str) -> int:
+    for s in read_feature_shard(path):
+        return int(s.features().shape[1])
+    raise ValueError(f"{path}: empty feature shard")
+
+
+def draw_split(n: int, max_split: int, seed: str) -> int:
+    """s uniform in 1..min(N-1, max_split) (spec 2.3); needs N >= 2 (spec bug 6: N = 1 is skipped)."""
+    return random.Random(seed).randint(1, min(n - 1, max_split))
+
+
+class TrainStream:
+    """An endless, exactly resumable stream of (sample, split) for one process.
+
+    Process `rank` owns shards[rank::world]. Epoch e visits them in a seeded order and each shard's
+    samples in a seeded order; the split point of a sample depends only on (seed, epoch, shard, key).
+    The position (epoch, shard index, sample index) after every sample is reported, so a checkpoint
+    can store it and a resumed run skips straight to it. Samples with fewer than 2 tokens are skipped.
+    """
+
+    def __init__(self, shards: list[str], seed: int, rank: int, max_split: int,
+                 position: tuple[int, int, int] = (0, 0, 0)):
+        self.shards, self.seed, self.rank, self.max_split = shards, seed, rank, max_split
+        self.position = tuple(position)
+        self.skipped = 0
+
+    def __iter__(self):
+        epoch, si, sj = self.position
+        while True:
+            order = list(self.shards)
+            random.Random(f"{self.seed}:{epoch}:{self.rank}").shuffle(order)
+            for i in range(si, len(order)):
+                name = os.path.basename(order[i])
+                samples = read_feature_shard(order[i])
+                idx = list(range(len(samples)))
+                random.Random(f"{self.seed}:{epoch}:{name}").shuffle(idx)
+                for j in range(sj, len(idx)):
+                    s = samples[idx[j]]
+                    self.position = (epoch, i, j + 1)
+                    if len(s.ids) < 2:
+                        self.skipped += 1
+                        continue
+                    yield s, draw_split(len(s.ids), self.max_split, f"{self.seed}:{epoch}:{name}:{s.key}")
+                sj = 0
+            si, epoch = 0, epoch + 1
+
+
+def batches(stream: TrainStream, batch_size: int):
+    """Groups of batch_size (sample, split) pairs, each with the stream position after its last sample."""
+    group = []
+    for item in stream:
+        group.append(item)
+        if len(group) == batch_size:
+            yield group, stream.position
+            group = []
+
+
+def val_items(shards: list[str], seed: int, rank: int, world: int, max_samples: int, max_split: int):
+    """Held-out (sample, split) pairs for this process: every world-th of the first max_samples usable
+    samples; the splits are fixed (seeded by key) so every validation pass sees the same inputs."""
+    items = []
+    for path in shards:
+        for s in read_feature_shard(path):
+            if len(s.ids) < 2:
+                continue
+            if len(items) >= max_samples:
+                break
+            items.append((s, draw_split(len(s.ids), max_split, f"val:{seed}:{s.key}")))
+    return items[rank::world]
+
+
+def collate(items: list[tuple[Sample, int]], qwen_tok, t5_tok, max_label_len: int) -> dict:
+    """Spec 2.3/2.4: prefix rows [0, s) padded with zeros + mask; suffix ids [s, N) decoded with the
+    Qwen tokenizer (special tokens skipped), re-tokenised with T5 (<= max_label_len, with </s>);
+    labels = T5 ids with pad -> -100; decoder inputs = labels shifted right with start id 0."""
+    prefixes = [s.features()[:k] for s, k in items]
+    texts = qwen_tok.batch_decode([s.ids[k:] for s, k in items], skip_special_tokens=True)
+    enc = t5_tok(texts, padding="longest", truncation=True, max_length=max_label_len,
+                 add_special_tokens=True, return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    dec_in = torch.zeros_like(enc["input_ids"])                 # T5's decoder start id is 0 (= pad)
+    dec_in[:, 1:] = enc["input_ids"][:, :-1].masked_fill(enc["attention_mask"][:, :-1] == 0, 0)
+    smax = max(p.shape[0] for p in prefixes)
+    prefix = torch.zeros(len(items), smax, prefixes[0].shape[1], dtype=prefixes[0].dtype)
+    mask = torch.zeros(len(items), smax, dtype=torch.long)
+    for b, p in enumerate(prefixes):
+        prefix[b, :p.shape[0]] = p
+        mask[b, :p.shape[0]] = 1
+    return {"prefix": prefix, "prefix_mask": mask, "labels": labels, "decoder_input_ids": dec_in,
+            "decoder_attention_mask": enc["attention_mask"], "texts": texts}

@@ -1,0 +1,320 @@
+"""fit: train the aligner so that a frozen Flan-T5 decoder can continue the VLM's text (spec 2.3-2.5).
+
+Per sample with N generated rows: draw s uniform in 1..min(N-1, 128); the prefix rows [0, s) go
+through the aligner and become the T5 decoder's cross-attention memory; the decoder must predict
+the suffix text (Qwen ids [s, N) -> text -> T5 tokens). Only the aligner is trained.
+
+    python -m train fit --data feats/ --t5 flan-t5-xxl --out runs/lvlm           # one process
+    torchrun --nproc_per_node 4 -m train fit --config run.yaml                    # DDP, 4 GPUs
+    accelerate launch --num_processes 2 --cpu -m train fit --config run.yaml      # DDP, CPU (gloo)
+    python -m train fit --config run.yaml --resume                                # continue a run
+
+Outputs in --out: config.yaml, log.jsonl (one JSON line per log step, validation, checkpoint,
+resume, stop), checkpoints/step_XXXXXXXX.pt (aligner, optimizer, scheduler, every process's data
+position and RNG states, config). Checkpoints are written to a temp file and renamed, so a killed
+run (even SIGKILL) loses only the steps since the last checkpoint; SIGINT/SIGTERM finish the current
+step, save a checkpoint and exit with status 0.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import math
+import os
+import random
+import resource
+import signal
+import time
+
+import torch
+import torch.nn.functional as F
+
+from thinkdiff_core.aligner import Aligner
+
+from .config import FitConfig, require
+from .data import TrainStream, batches, collate, expand_shards, feature_dim, val_items
+from .t5 import load_t5_decoder, load_tokenizer
+
+CKPT_FORMAT = "thinkdiff-train-checkpoint/1"
+
+
+# ----------------------------------------------------------------------------------------------------
+# pieces the loop (and bench/bench_fit.py) uses
+
+def lr_at(step: int, cfg: FitConfig) -> float:
+    """Linear warm-up from warmup_lr to lr, then a cosine from lr to min_lr over decay_steps counted
+    from step 0 (spec 2.5: at 25k steps 9.92e-5, so effectively constant)."""
+    if step < cfg.warmup_steps:
+        return cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / cfg.warmup_steps
+    t = min(step, cfg.decay_steps) / max(cfg.decay_steps, 1)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def make_optimizer(aligner: torch.nn.Module, cfg: FitConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (biases and the RMSNorm weight get none)."""
+    params = [p for p in aligner.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def batch_loss(aligner, decoder, batch: dict, device, reduction: str = "mean") -> torch.Tensor:
+    """Token-level CE of the suffix given the aligned prefix; mean over the batch's label tokens."""
+    memory = aligner(batch["prefix"].to(device, non_blocking=True))
+    logits = decoder(memory, batch["prefix_mask"].to(device), batch["decoder_input_ids"].to(device),
+                     batch["decoder_attention_mask"].to(device))
+    labels = batch["labels"].to(device)
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction)
+
+
+def find_tokenizer_folder(cfg: FitConfig) -> str:
+    if cfg.tokenizer:
+        if not os.path.isdir(cfg.tokenizer):
+            raise FileNotFoundError(f"tokenizer: folder not found: {cfg.tokenizer}")
+        return cfg.tokenizer
+    first = cfg.data.split(",")[0].strip()
+    folder = first if os.path.isdir(first) else os.path.dirname(first)
+    meta = os.path.join(folder, "precompute.json")
+    if os.path.isfile(meta):
+        with open(meta) as fh:
+            vlm = json.load(fh)["vlm"]
+        if os.path.isdir(vlm):
+            return vlm
+        raise FileNotFoundError(f"tokenizer: {meta} names the VLM folder {vlm}, which does not exist here; "
+                                f"pass --tokenizer with a folder holding the Qwen2-VL tokenizer")
+    raise FileNotFoundError(f"tokenizer: no --tokenizer given and {meta} not found; pass --tokenizer with the "
+                            f"VLM folder (or any folder with its Qwen2-VL tokenizer)")
+
+
+def checkpoints(out: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(out, "checkpoints", "step_*.pt")))
+
+
+def save_checkpoint(out: str, state: dict, keep: int) -> str:
+    """Atomic: write a temp file, fsync, rename; then delete all but the last `keep` checkpoints."""
+    folder = os.path.join(out, "checkpoints")
+    os.makedirs(folder, exist_ok=True)
+    final = os.path.join(folder, f"step_{state['step']:08d}.pt")
+    tmp = os.path.join(folder, f".step_{state['step']:08d}.pt.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    for old in checkpoints(out)[:-keep] if keep > 0 else []:
+        os.remove(old)
+    return final
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def fit(cfg: FitConfig) -> dict:
+    """Run (or continue) a fit; returns {'step', 'losses', 'val_losses', 'aligner', 'decoder', 'stopped'}."""
+    require(cfg, "data", "t5")
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+    from tqdm import tqdm
+
+    # ---- processes and devices ------------------------------------------------------------------
+    accelerator = Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    rank, world, master = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    device = accelerator.device
+    on_gpu = device.type == "cuda"
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if on_gpu else "fp32")
+    dec_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[
+        cfg.decoder_dtype if cfg.decoder_dtype != "auto" else ("bf16" if on_gpu else "fp32")]
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" \
+        else contextlib.nullcontext
+
+    # ---- data: training shards split over processes, held-out shards for validation -------------
+    shards = expand_shards(cfg.data, "data")
+    val_shards = expand_shards(cfg.val_data, "val_data") if cfg.val_data else []
+    if not cfg.val_data and cfg.val_shards > 0:
+        if len(shards) - cfg.val_shards >= world:
+            shards, val_shards = shards[:-cfg.val_shards], shards[-cfg.val_shards:]
+        elif master:
+            print(f"[fit] only {len(shards)} shard(s): no validation (need more than {world} to hold "
+                  f"{cfg.val_shards} out); pass --val-data or more shards", flush=True)
+    if len(shards) < world:
+        raise SystemExit(f"error: {len(shards)} training shard(s) for {world} processes; every process needs "
+                         f"at least one shard (write more, smaller shards with precompute --shard-size)")
+    qwen_tok = load_tokenizer(find_tokenizer_folder(cfg))
+    t5_tok = load_tokenizer(cfg.t5)
+
+    # ---- models: frozen T5 decoder, aligner whose norm starts from the T5 encoder's final norm ---
+    decoder, t5_norm = load_t5_decoder(cfg.t5, dtype=dec_dtype, device=device)
+    in_dim, out_dim = feature_dim(shards[0]), decoder.d_model
+    torch.manual_seed(cfg.seed)                                  # identical init on every process
+    random.seed(cfg.seed + rank)                                 # spec 2.5: seed 42 + rank (a resume restores it)
+    aligner = Aligner(in_dim, out_dim, cfg.hidden_dim or out_dim).init_norm_from_t5(t5_norm).to(device)
+    optimizer = make_optimizer(aligner, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
+    step, position = 0, (0, 0, 0)
+
+    # ---- resume ------------------------------------------------------------------------------------
+    found = checkpoints(cfg.out)
+    if found and not cfg.resume:
+        raise SystemExit(f"error: {cfg.out} already has checkpoints ({os.path.basename(found[-1])}); "
+                         f"pass --resume to continue that run or choose another --out")
+    if cfg.resume and found:
+        ckpt = torch.load(found[-1], map_location="cpu", weights_only=True)
+        if ckpt["world_size"] != world:
+            raise SystemExit(f"error: {found[-1]} was written by {ckpt['world_size']} process(es); resume "
+                             f"it with the same number (got {world})")
+        for k in ("seed", "batch_size", "grad_accum", "data", "max_split"):
+            if ckpt["config"].get(k) != getattr(cfg, k) and master:
+                print(f"[fit] warning: {k} changed since the checkpoint "
+                      f"({ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r})", flush=True)
+        aligner.load_state_dict(ckpt["aligner"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step, position = ckpt["step"], tuple(ckpt["positions"][rank])
+        set_rng_state(ckpt["rng"][rank])
+    elif cfg.resume and master:
+        print(f"[fit] --resume: no checkpoint in {cfg.out}/checkpoints, starting from step 0", flush=True)
+
+    model = accelerator.prepare(aligner)      # DDP when world > 1; the optimizer stays ours
+    stream = TrainStream(shards[rank::world], cfg.seed, rank, cfg.max_split, position)
+    train_batches = batches(stream, cfg.batch_size)
+    held_out = val_items(val_shards, cfg.seed, rank, world, cfg.val_max_samples, cfg.max_split)
+
+    def reduce(values: list[float]) -> list[float]:
+        """Sum over processes."""
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        if world > 1:
+            torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    @torch.no_grad()
+    def evaluate() -> float | None:
+        if not val_shards:
+            return None
+        total, count = 0.0, 0
+        for i in range(0, len(held_out), cfg.batch_size):
+            b = collate(held_out[i:i + cfg.batch_size], qwen_tok, t5_tok, cfg.max_label_len)
+            with autocast():
+                total += float(batch_loss(aligner, decoder, b, device, reduction="sum"))
+            count += int((b["labels"] != -100).sum())
+        total, count = reduce([total, count])
+        return total / max(count, 1)
+
+    def checkpoint(reason: str) -> None:
+        positions = gather_object([list(stream.position)])     # every process's place in its data
+        rngs = gather_object([rng_state()])
+        if master:
+            path = save_checkpoint(cfg.out, {
+                "format": CKPT_FORMAT, "step": step, "aligner": aligner.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "positions": positions, "rng": rngs, "world_size": world, "config": dataclasses.asdict(cfg),
+                "dims": [in_dim, cfg.hidden_dim or out_dim, out_dim]}, cfg.keep_ckpts)
+            log({"event": "checkpoint", "step": step, "path": path, "reason": reason})
+
+    # ---- logging -------------------------------------------------------------------------------------
+    os.makedirs(cfg.out, exist_ok=True)
+    log_file = open(os.path.join(cfg.out, "log.jsonl"), "a") if master else None
+
+    def log(record: dict) -> None:
+        if log_file:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+
+    if master:
+        import yaml
+        with open(os.path.join(cfg.out, "config.yaml"), "w") as fh:
+            yaml.safe_dump(dataclasses.asdict(cfg), fh, sort_keys=False)
+        log({"event": "resume" if step else "start", "step": step, "world_size": world, "device": str(device),
+             "precision": precision, "decoder_dtype": str(dec_dtype).replace("torch.", ""),
+             "dims": [in_dim, cfg.hidden_dim or out_dim, out_dim], "train_shards": len(shards),
+             "val_shards": len(val_shards), "val_samples": len(held_out) * world})
+
+    # ---- SIGINT / SIGTERM: finish the step, checkpoint, exit cleanly ---------------------------------
+    stop = {"signal": 0}
+    handler = lambda signum, frame: stop.update(signal=signum)   # noqa: E731
+    old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    losses, val_losses, last_ckpt = {}, {}, step
+    bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True, desc="fit",
+               disable=not (master and cfg.progress))
+    samples_per_step = cfg.batch_size * cfg.grad_accum * world
+    try:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                group, _ = next(train_batches)
+                batch = collate(group, qwen_tok, t5_tok, cfg.max_label_len)
+                # gradients are all-reduced only on the last micro-step
+                sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
+                with sync:
+                    with autocast():
+                        loss = batch_loss(model, decoder, batch, device)
+                    accelerator.backward(loss / cfg.grad_accum)
+                loss_sum += loss.item()
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_value, stopping = reduce([loss_sum / cfg.grad_accum / world, float(stop["signal"] > 0)])
+            losses[step] = loss_value
+            dt = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+
+            record = {"event": "step", "step": step, "loss": loss_value, "lr": lr,
+                      "samples_per_s": samples_per_step / dt, "mem_mb": round(memory_mb(device), 1)}
+            if (cfg.val_interval and step % cfg.val_interval == 0) or step == cfg.max_steps:
+                val = evaluate()
+                if val is not None:
+                    val_losses[step] = record["val_loss"] = val
+                    bar.write(f"step {step}: loss {loss_value:.4f}, val_loss {val:.4f}")
+            if step % cfg.log_interval == 0 or "val_loss" in record or step == cfg.max_steps:
+                log(record)
+            if stopping:       # any process got SIGINT/SIGTERM: all of them stop after this step
+                name = signal.Signals(stop["signal"]).name if stop["signal"] else "a signal to another process"
+                checkpoint(f"stopped by {name}")
+                if master:
+                    print(f"\n[fit] stopped by {name} at step {step}; checkpoint saved; continue with --resume",
+                          flush=True)
+                break
+            if step % cfg.ckpt_interval == 0 or step == cfg.max_steps:
+                checkpoint("interval" if step < cfg.max_steps else "end")
+                last_ckpt = step
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if log_file:
+            log_file.close()
+    if stream.skipped and master:
+        print(f"[fit] skipped {stream.skipped} sample(s) with fewer than 2 generated tokens", flush=True)
+    if world > 1:
+        accelerator.wait_for_everyone()
+    return {"step": step, "losses": losses, "val_losses": val_losses, "aligner": aligner, "decoder": decoder,
+            "stopped": bool(stop["signal"]), "last_checkpoint": last_ckpt}
+
+
+def main(cfg: FitConfig) -> int:
+    fit(cfg)
+    return 0

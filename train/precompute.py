@@ -1,0 +1,134 @@
+"""precompute: run the VLM over images and store the states of the tokens it generates (spec 2.2).
+
+For every image: draw one of the 16 captioning instructions, build the chat (system prompt, then the
+image, then the instruction), sample up to 256 tokens (T 0.6, top-p 0.9, natural EOS) and store the
+generated ids, the text and the [N, D] final-norm states (row k produced token k) in webdataset
+shards (format in train/data.py).
+
+Resumable: each output shard is written to a temp name and renamed when complete, and shards that
+exist are skipped. Shardable: with RANK/WORLD_SIZE set (torchrun, accelerate launch) process r
+takes every world-th output shard, e.g.
+    torchrun --nproc_per_node 8 -m train precompute --vlm Qwen2-VL-7B-Instruct --data cc3m/ --out feats/
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import time
+
+import torch
+
+from thinkdiff_core.prompts import TRAINING_INSTRUCTIONS, render_qwen_chat
+from thinkdiff_core.vlm import VLMEncoder
+
+from .config import PrecomputeConfig, require
+from .data import image_units
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class CaptionEncoder(VLMEncoder):
+    """The pre-computation prompt is Qwen2-VL's plain chat template (spec 2.2): no "Picture 1: "
+    vision id, unlike the inference presets that VLMEncoder.prepare renders."""
+
+    def prepare(self, content, system=None, max_pixels=None):
+        prompt, images = render_qwen_chat(content, system=system, add_vision_id=False)
+        kwargs = {"images_kwargs": {"max_pixels": int(max_pixels)}} if max_pixels else {}
+        inputs = self.processor(text=[prompt], images=[im.convert("RGB") for im in images] or None,
+                                return_tensors="pt", **kwargs)
+        return {k: v.to(self.device) for k, v in inputs.items()}, prompt
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the variables torchrun / accelerate launch set."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    return rank, world, int(os.environ.get("LOCAL_RANK", rank))
+
+
+def load_instructions(spec: str) -> tuple[str, ...]:
+    if spec == "training":
+        return TRAINING_INSTRUCTIONS
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(f"instructions: file not found: {spec} (or use 'training')")
+    with open(spec, encoding="utf-8") as fh:
+        lines = tuple(line.strip() for line in fh if line.strip())
+    if not lines:
+        raise ValueError(f"instructions: {spec} has no non-empty lines")
+    return lines
+
+
+def sample_plan(seed: int, key: str, instructions) -> tuple[str, int]:
+    """The instruction and the sampling seed of one image depend only on (seed, key): a resumed or
+    re-sharded run produces the same outputs."""
+    rng = random.Random(f"{seed}:{key}")
+    return rng.choice(instructions), rng.getrandbits(31)
+
+
+def main(cfg: PrecomputeConfig) -> int:
+    require(cfg, "vlm", "data", "out")
+    if cfg.feature_dtype not in DTYPES:
+        raise SystemExit(f"error: --feature-dtype must be one of {', '.join(DTYPES)}, got {cfg.feature_dtype!r}")
+    rank, world, local_rank = dist_env()
+    instructions = load_instructions(cfg.instructions)
+    units = image_units(cfg.data, cfg.shard_size)
+    os.makedirs(cfg.out, exist_ok=True)
+    mine = units[rank::world]
+    todo = [u for u in mine if not os.path.exists(os.path.join(cfg.out, u.name))]
+    print(f"[precompute rank {rank}/{world}] {len(units)} shard(s) in all, {len(mine)} mine, "
+          f"{len(mine) - len(todo)} already done, {len(todo)} to do", flush=True)
+    if not todo:
+        return 0
+
+    device = cfg.device
+    if device == "auto":
+        device = f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    enc = CaptionEncoder.from_pretrained(cfg.vlm, dtype=cfg.model_dtype, device=device)
+    if rank == 0:   # provenance, and lets `fit` find the VLM's tokenizer
+        info = {"vlm": os.path.abspath(cfg.vlm), "vlm_name": enc.name, "hidden_size": enc.hidden_size,
+                "config": vars(cfg)}
+        tmp = os.path.join(cfg.out, ".precompute.json.tmp")
+        with open(tmp, "w") as fh:
+            json.dump(info, fh, indent=2)
+        os.replace(tmp, os.path.join(cfg.out, "precompute.json"))
+
+    import webdataset as wds
+    from PIL import Image
+    from tqdm import tqdm
+    total = sum(u.count() for u in todo)
+    bar = tqdm(total=total, unit="img", desc=f"precompute[{rank}]", dynamic_ncols=True, position=rank if world > 1 else 0)
+    done, skipped, tokens, t0 = 0, 0, 0, time.time()
+    for unit in todo:
+        final = os.path.join(cfg.out, unit.name)
+        tmp = os.path.join(cfg.out, f".{unit.name}.tmp")
+        with open(tmp, "wb") as fh, wds.TarWriter(fh) as sink:
+            for key, data, ext, meta in unit.samples():
+                try:
+                    image = Image.open(io.BytesIO(data)).convert("RGB")
+                except Exception as e:  # broken web images are common in CC3M/LAION tars
+                    skipped += 1
+                    tqdm.write(f"[precompute] skipping {key}: unreadable image ({e.__class__.__name__})")
+                    continue
+                instruction, seed = sample_plan(cfg.seed, key, instructions)
+                o = enc.generate([image, instruction], max_new_tokens=cfg.max_new_tokens, stop_at_eos=cfg.stop_at_eos,
+                                 do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
+                                 system=cfg.system or None, max_pixels=cfg.max_pixels or None)
+                buf = io.BytesIO()
+                torch.save(o.hidden.to("cpu", DTYPES[cfg.feature_dtype]).contiguous(), buf)
+                record = {"key": key, "prompt": instruction, "generated_text": o.text,
+                          "output_token_ids": o.token_ids.tolist(), "n_tokens": int(o.token_ids.numel()),
+                          "input_prompt": o.prompt, "sampling_seed": seed, "source": meta}
+                sample = {"__key__": key, "json": json.dumps(record).encode(), "output_embed.pth": buf.getvalue()}
+                if cfg.store_image:
+                    sample[ext] = data
+                sink.write(sample)
+                done, tokens = done + 1, tokens + record["n_tokens"]
+                bar.update(1)
+                bar.set_postfix(tok_per_img=f"{tokens / done:.1f}")
+        os.replace(tmp, final)
+    bar.close()
+    print(f"[precompute rank {rank}] {done} image(s), {tokens} tokens, {skipped} unreadable, "
+          f"{time.time() - t0:.1f}s", flush=True)
+    return 0
