@@ -18,7 +18,18 @@ def main(argv: list[str] | None = None) -> int:
     pc.add_argument("--dtype", choices=["keep", "fp32", "bf16", "fp16"], default="keep")
     pc.add_argument("--source-vlm", default=None, help="VLM the aligner reads (stored in the metadata)")
     pc.add_argument("--t5", default=None, help="T5 the aligner was fitted to (stored in the metadata)")
+    pd = sub.add_parser("demo", help="the core pipeline on tiny random models (CPU): prints the VLM text "
+                                     "and the FLUX prompt-embedding shape")
+    pd.add_argument("--max-new-tokens", type=int, default=128)
+    pd.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.cmd == "demo":
+        from .demo import run
+        r = run(max_new_tokens=args.max_new_tokens, seed=args.seed)
+        print(f"VLM text ({r['tokens']} tokens, random tiny model): {r['text']}")
+        print(f"hidden rows: {list(r['rows'])}")
+        print(f"prompt embeddings for FLUX: {r['prompt_embeds']}; pooled: {r['pooled']}")
+        return 0
 
     from .checkpoint import AlignerFileError, convert, read_checkpoint
     try:

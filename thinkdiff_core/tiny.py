@@ -26,35 +26,44 @@ def find_tokenizer(name: str, comfyui_dir: str | os.PathLike | None = None) -> s
 
 
 def build_tiny_qwen2vl(dst: str | os.PathLike, tokenizer_dir: str | os.PathLike, hidden_size: int = 64,
-                       num_layers: int = 2, seed: int = 0) -> str:
-    """A random Qwen2VLForConditionalGeneration saved as a normal HF folder (config, safetensors,
-    tokenizer, image/video processor), loadable by :meth:`VLMEncoder.from_pretrained`."""
-    from transformers import (AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
-                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+                       num_layers: int = 2, seed: int = 0, family: str = "qwen2_vl") -> str:
+    """A random Qwen2-VL (or, with ``family="qwen2_5_vl"``, Qwen2.5-VL) saved as a normal HF folder
+    (config, safetensors, tokenizer, image/video processor), loadable by :meth:`VLMEncoder.from_pretrained`."""
+    import transformers
+    from transformers import AutoTokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
     dst = os.fspath(dst)
     tok = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir), local_files_only=True)
     ids = {t: tok.convert_tokens_to_ids(t) for t in
            ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
     head_dim = hidden_size // 4
     mrope = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]   # sums to head_dim / 2
-    cfg = Qwen2VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=4096, rope_scaling={"type": "mrope", "mrope_section": mrope},
-                         tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+    text = dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=4096, rope_scaling={"type": "mrope", "mrope_section": mrope},
+                tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    if family == "qwen2_vl":
+        config_cls, model_cls, processor_cls = "Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"
+        vision = dict(depth=2, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2)
+    elif family == "qwen2_5_vl":
+        config_cls, model_cls, processor_cls = ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration",
+                                                "Qwen2_5_VLProcessor")
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=hidden_size, num_heads=2,
+                      fullatt_block_indexes=[1], window_size=112)
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    vision.update(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    cfg = getattr(transformers, config_cls)(
+        text_config=text, vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    model = getattr(transformers, model_cls)(cfg).eval()
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(dst)
-    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tok,
-                                 video_processor=Qwen2VLVideoProcessor())
+    processor = getattr(transformers, processor_cls)(image_processor=Qwen2VLImageProcessor(), tokenizer=tok,
+                                                     video_processor=Qwen2VLVideoProcessor())
     processor.save_pretrained(dst)
     return dst
 
