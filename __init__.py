@@ -12,7 +12,10 @@ _log = logging.getLogger("thinkdiff")
 try:
     from comfy_api.latest import ComfyExtension as _ComfyExtension, io as _io  # noqa: F401
 except Exception as _e:  # ImportError on old ComfyUI, or anything a broken install raises
-    _log.error("ThinkDiff: ComfyUI's V3 node API (comfy_api.latest) could not be imported (%s: %s). "
+    import importlib.util as _util
+    # outside ComfyUI (e.g. pytest importing the repository as a package) there is nothing to register
+    _outside = isinstance(_e, ImportError) and _util.find_spec("comfy") is None
+    (_log.debug if _outside else _log.error)("ThinkDiff: ComfyUI's V3 node API (comfy_api.latest) could not be imported (%s: %s). "
                "The ThinkDiff nodes need ComfyUI 0.3.75 or newer; update ComfyUI. No ThinkDiff nodes "
                "were registered.", type(_e).__name__, _e)
 else:

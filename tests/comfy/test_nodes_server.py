@@ -1,0 +1,272 @@
+"""The ThinkDiff nodes in a real ComfyUI 0.3.75 server: registration, the shipped workflows end to
+end, caching, interrupt, that the conditioning reaches FLUX, and readable errors."""
+from __future__ import annotations
+
+import copy
+import glob
+import io
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import comfy_server  # scripts/ (put on sys.path by conftest.py)
+import run_workflow
+import ui_to_api
+
+ROOT = comfy_server.ROOT
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
+FAST = dict(steps=1, width=64, height=64, demo_models=True)
+FAST_VLM = {"ThinkDiffVLMEncode": {"max_new_tokens": 8}}
+NODES = {
+    "ThinkDiffLoadAligner": ("Load ThinkDiff Aligner", {"aligner_name", "dtype"}),
+    "ThinkDiffLoadVLM": ("Load ThinkDiff VLM", {"vlm_name", "dtype", "keep_loaded"}),
+    "ThinkDiffVLMEncode": ("VLM Encode Multimodal",
+                           {"vlm", "preset", "text", "max_new_tokens", "seed", "temperature", "top_p",
+                            "stop_at_eos", *(f"image_{i}" for i in range(1, 7))}),
+    "ThinkDiffConditioning": ("ThinkDiff Conditioning",
+                              {"aligner", "embeds", "clip", "conditioning", "mode", "aligned_strength",
+                               "text_strength", "guidance"}),
+}
+
+
+def load_workflow(name: str) -> dict:
+    with open(os.path.join(ROOT, "workflows", name)) as f:
+        return json.load(f)
+
+
+def to_api(workflow, server, frontend, object_info) -> dict:
+    if frontend is not None:
+        return frontend.to_api(workflow)
+    return ui_to_api.python_convert(workflow, object_info)
+
+
+def prompt_for(name, server, frontend, object_info, inputs=None, **kw) -> dict:
+    api = to_api(load_workflow(name), server, frontend, object_info)
+    return run_workflow.apply_overrides(api, **{**FAST, **kw}, inputs={**FAST_VLM, **(inputs or {})})
+
+
+def node_id(prompt: dict, class_type: str) -> str:
+    return next(k for k, v in prompt.items() if v["class_type"] == class_type)
+
+
+def image_array(server, entry) -> np.ndarray:
+    imgs = comfy_server.output_images(entry)
+    assert imgs, f"no output image; status: {entry.get('status')}"
+    return np.asarray(Image.open(io.BytesIO(run_workflow.fetch_image(server.url, imgs[0]))).convert("RGB"))
+
+
+def run_ok(server, prompt) -> dict:
+    entry = server.run(prompt, timeout=600)
+    err = comfy_server.execution_error(entry)
+    assert err is None, f"execution error: {err and err.get('exception_message')}\n{server.log_tail(30)}"
+    assert entry["status"]["status_str"] == "success"
+    return entry
+
+
+def run_error(server, prompt) -> str:
+    entry = server.run(prompt, timeout=600)
+    err = comfy_server.execution_error(entry)
+    assert err is not None, f"expected an execution error, got status {entry['status']}"
+    return f"{err['node_type']}: {err['exception_message']}"
+
+
+# --- registration ----------------------------------------------------------------------------------
+
+def test_object_info_lists_the_four_nodes(object_info):
+    for node_id_, (display, inputs) in NODES.items():
+        assert node_id_ in object_info, f"{node_id_} not registered"
+        info = object_info[node_id_]
+        assert info["display_name"] == display
+        assert info["category"] == "ThinkDiff"
+        specs = {**info["input"]["required"], **info["input"].get("optional", {})}
+        assert set(specs) == inputs
+        for name, spec in specs.items():
+            assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id_}.{name} has no tooltip"
+    enc = object_info["ThinkDiffVLMEncode"]["input"]["required"]
+    assert enc["max_new_tokens"][1]["default"] == 128
+    assert enc["temperature"][1]["default"] == pytest.approx(0.6)
+    assert enc["top_p"][1]["default"] == pytest.approx(0.9)
+    assert enc["stop_at_eos"][1]["default"] is False
+    assert enc["preset"][1]["options"] == ["in_context", "image_text", "two_images", "custom"]
+    assert object_info["ThinkDiffConditioning"]["input"]["required"]["guidance"][1]["default"] == 3.5
+    assert object_info["ThinkDiffLoadVLM"]["input"]["required"]["dtype"][1]["options"] == ["auto", "bf16", "fp16", "fp32"]
+    assert object_info["ThinkDiffVLMEncode"]["output"] == ["THINKDIFF_EMBEDS", "STRING"]
+    assert object_info["ThinkDiffConditioning"]["output"] == ["CONDITIONING"]
+    # the demo model folders/files are listed
+    assert "thinkdiff-demo-qwen2vl" in object_info["ThinkDiffLoadVLM"]["input"]["required"]["vlm_name"][1]["options"]
+    assert "thinkdiff-demo-aligner.pth" in object_info["ThinkDiffLoadAligner"]["input"]["required"]["aligner_name"][1]["options"]
+
+
+def test_workflows_are_served_as_templates(server):
+    templates = server.get("/workflow_templates")
+    assert sorted(templates.get(comfy_server.PACK_NAME, [])) == sorted(
+        os.path.splitext(os.path.basename(w))[0] for w in WORKFLOWS)
+
+
+# --- the shipped workflows ---------------------------------------------------------------------------
+
+def test_at_least_three_workflows():
+    assert len(WORKFLOWS) >= 3
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(w) for w in WORKFLOWS])
+def test_frontend_and_python_converters_agree(path, frontend, object_info):
+    if frontend is None:
+        msg = "Chromium + playwright are needed to check the conversion against the real frontend"
+        if IN_CI:
+            pytest.fail(msg + " (CI must install them: apt-get install chromium; pip install playwright)")
+        pytest.skip(msg)
+    wf = json.load(open(path))
+    browser, python = frontend.to_api(wf), ui_to_api.python_convert(wf, object_info)
+    for nid, node in browser.items():   # frontend-only widgets (e.g. PreviewAny's display) are not inputs
+        known = {**object_info[node["class_type"]]["input"].get("required", {}),
+                 **object_info[node["class_type"]]["input"].get("optional", {})}
+        node["inputs"] = {k: v for k, v in node["inputs"].items() if k in known}
+        node.pop("_meta", None)
+        python[nid].pop("_meta", None)
+    assert browser == python
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(w) for w in WORKFLOWS])
+def test_workflow_runs_end_to_end(path, server, frontend, object_info):
+    prompt = prompt_for(os.path.basename(path), server, frontend, object_info)
+    assert {n["class_type"] for n in prompt.values()} >= {
+        "ThinkDiffLoadAligner", "ThinkDiffLoadVLM", "ThinkDiffVLMEncode", "ThinkDiffConditioning",
+        "UNETLoader", "CLIPLoader", "VAELoader", "LoadImage", "VAEDecode", "SaveImage"}
+    t = time.time()
+    entry = run_ok(server, prompt)
+    print(f"\n{os.path.basename(path)}: {time.time() - t:.1f} s")
+    img = image_array(server, entry)
+    assert img.shape == (64, 64, 3) and img.std() > 0
+    enc = node_id(prompt, "ThinkDiffVLMEncode")
+    text = entry["outputs"][enc]["text"][0]
+    assert isinstance(text, str) and text
+    previews = [o["text"][0] for k, o in entry["outputs"].items() if prompt[k]["class_type"] == "PreviewAny"]
+    assert previews == [text]
+
+
+# --- caching -----------------------------------------------------------------------------------------
+
+def test_requeue_does_not_run_the_vlm_again(server, frontend, object_info):
+    prompt = prompt_for("thinkdiff_image_text.json", server, frontend, object_info, seed=4242)
+    enc = node_id(prompt, "ThinkDiffVLMEncode")
+    first = run_ok(server, prompt)
+    second = run_ok(server, copy.deepcopy(prompt))
+    cached = [set(d["nodes"]) for k, d in comfy_server.history_messages(second) if k == "execution_cached"]
+    assert cached and enc in cached[0], f"the VLM node was not served from the cache: {cached}"
+    show = node_id(prompt, "PreviewAny")   # an output node: its (cached) ui is in every history entry
+    assert second["outputs"][show]["text"] == first["outputs"][show]["text"] == first["outputs"][enc]["text"]
+    # and a changed seed does run it again
+    third = run_ok(server, run_workflow.apply_overrides(prompt, seed=4243))
+    cached3 = [set(d["nodes"]) for k, d in comfy_server.history_messages(third) if k == "execution_cached"]
+    assert enc not in (cached3[0] if cached3 else set())
+
+
+# --- the conditioning reaches FLUX -------------------------------------------------------------------
+
+def test_vlm_output_changes_the_image(server, frontend, object_info):
+    """Fails if the ThinkDiff conditioning were replaced by zeros (or did not depend on the VLM)."""
+    base = prompt_for("thinkdiff_in_context_reasoning.json", server, frontend, object_info)
+    a = image_array(server, run_ok(server, run_workflow.apply_overrides(base, seed=11)))
+    b = image_array(server, run_ok(server, run_workflow.apply_overrides(base, seed=12)))
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 0.5, "two different VLM generations gave the same image"
+    # the same graph with the positive conditioning zeroed out (ConditioningZeroOut) differs too
+    zeroed = copy.deepcopy(run_workflow.apply_overrides(base, seed=11))
+    cond = node_id(zeroed, "ThinkDiffConditioning")
+    zeroed["zero_pos"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": [cond, 0]}}
+    zeroed[node_id(zeroed, "KSampler")]["inputs"]["positive"] = ["zero_pos", 0]
+    z = image_array(server, run_ok(server, zeroed))
+    assert np.abs(a.astype(int) - z.astype(int)).mean() > 0.5, "the ThinkDiff conditioning had no effect"
+
+
+# --- readable errors ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def base_prompt(server, frontend, object_info):
+    return prompt_for("thinkdiff_in_context_reasoning.json", server, frontend, object_info, seed=777)
+
+
+def test_error_wrong_aligner_file(server, base_prompt):
+    p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffLoadAligner": {"aligner_name": "broken_aligner.pth"}})
+    msg = run_error(server, p)
+    assert "broken_aligner.pth" in msg and "not a PyTorch checkpoint" in msg, msg
+
+
+def test_error_hidden_size_mismatch(server, base_prompt):
+    p = run_workflow.apply_overrides(base_prompt, inputs={
+        "ThinkDiffLoadAligner": {"aligner_name": "thinkdiff-demo-aligner-3584.safetensors"}})
+    msg = run_error(server, p)
+    assert "hidden size 64" in msg and "expects 3584" in msg, msg
+
+
+def test_error_in_context_without_images(server, base_prompt):
+    p = copy.deepcopy(base_prompt)
+    enc = p[node_id(p, "ThinkDiffVLMEncode")]["inputs"]
+    for k in [k for k in enc if k.startswith("image_")]:
+        del enc[k]
+    for k in [k for k, v in p.items() if v["class_type"] == "LoadImage"]:
+        del p[k]
+    msg = run_error(server, p)
+    assert "in-context preset needs at least one example image" in msg, msg
+
+
+def test_error_words_do_not_match_images(server, base_prompt):
+    p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffVLMEncode": {"text": "red, blue"}})
+    msg = run_error(server, p)
+    assert "2 image(s) need 3 words" in msg, msg
+
+
+def test_error_missing_vlm_folder(server, base_prompt):
+    p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffLoadVLM": {"vlm_name": "Qwen2-VL-7B-Instruct"}})
+    answer = server.queue(p)
+    assert "prompt_id" not in answer, "a missing VLM folder must be refused before running"
+    msg = comfy_server.format_prompt_error(answer)
+    assert "VLM folder 'Qwen2-VL-7B-Instruct' not found in models/LLM" in msg and "Put the Qwen2-VL model folder" in msg, msg
+
+
+def test_error_missing_aligner_file(server, base_prompt):
+    p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffLoadAligner": {"aligner_name": "thinkdiff_lvlm.pth"}})
+    answer = server.queue(p)
+    # the VLM text preview does not need the aligner, so ComfyUI may still run that part of the graph;
+    # the image branch is refused with a readable node error either way
+    msg = comfy_server.format_prompt_error(answer)
+    assert "aligner file 'thinkdiff_lvlm.pth' not found in models/thinkdiff" in msg, answer
+    assert "Put the ThinkDiff aligner" in msg
+    if "prompt_id" in answer:
+        entry = server.wait(answer["prompt_id"])
+        assert not comfy_server.output_images(entry)
+
+
+# --- interrupt ---------------------------------------------------------------------------------------
+
+def test_interrupt_during_generation(server, frontend, object_info):
+    prompt = prompt_for("thinkdiff_image_text.json", server, frontend, object_info, seed=99,
+                        inputs={"ThinkDiffVLMEncode": {"max_new_tokens": 4000}})
+    r = server.queue(prompt)
+    pid = r["prompt_id"]
+    # wait until the VLM is generating (the log line of the loaded VLM / the queue shows it running)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if server.get("/queue")["queue_running"]:
+            break
+        time.sleep(0.2)
+    time.sleep(3.0)
+    t = time.time()
+    server.interrupt()
+    entry = server.wait(pid, timeout=120)
+    stopped_after = time.time() - t
+    kinds = [k for k, _ in comfy_server.history_messages(entry)]
+    assert "execution_interrupted" in kinds, kinds
+    assert entry["status"]["status_str"] == "error"
+    assert stopped_after < 20, f"generation took {stopped_after:.1f} s to stop"
+    interrupted = dict(comfy_server.history_messages(entry))["execution_interrupted"]
+    assert interrupted["node_type"] == "ThinkDiffVLMEncode"
+    # the server is healthy and the next prompt succeeds
+    assert server.get("/system_stats")
+    run_ok(server, run_workflow.apply_overrides(prompt, inputs={"ThinkDiffVLMEncode": {"max_new_tokens": 8}}))
