@@ -153,6 +153,16 @@ def image_units(spec: str, shard_size: int) -> list[Unit]:
 # ----------------------------------------------------------------------------------------------------
 # feature shards (fit)
 
+def encode_sample(key: str, record: dict, hidden: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """One feature-shard sample for webdataset.TarWriter: record must hold output_token_ids (N ids)
+    and hidden is the [N, D] tensor of their final-norm states."""
+    if hidden.ndim != 2 or hidden.shape[0] != len(record["output_token_ids"]):
+        raise ValueError(f"{key}: {tuple(hidden.shape)} states for {len(record['output_token_ids'])} token ids")
+    buf = io.BytesIO()
+    torch.save(hidden.detach().to("cpu", dtype).contiguous(), buf)
+    return {"__key__": key, "json": json.dumps({"key": key, **record}).encode(), "output_embed.pth": buf.getvalue()}
+
+
 @dataclass
 class Sample:
     key: str

@@ -257,6 +257,11 @@ def fit(cfg: FitConfig) -> dict:
     bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True, desc="fit",
                disable=not (master and cfg.progress))
     samples_per_step = cfg.batch_size * cfg.grad_accum * world
+    if step == 0 and cfg.val_interval:                         # the baseline: the untrained aligner
+        val = evaluate()
+        if val is not None:
+            val_losses[0] = val
+            log({"event": "step", "step": 0, "val_loss": val})
     try:
         while step < cfg.max_steps:
             t0 = time.perf_counter()

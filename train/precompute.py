@@ -24,7 +24,7 @@ from thinkdiff_core.prompts import TRAINING_INSTRUCTIONS, render_qwen_chat
 from thinkdiff_core.vlm import VLMEncoder
 
 from .config import PrecomputeConfig, require
-from .data import image_units
+from .data import encode_sample, image_units
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -115,12 +115,10 @@ def main(cfg: PrecomputeConfig) -> int:
                 o = enc.generate([image, instruction], max_new_tokens=cfg.max_new_tokens, stop_at_eos=cfg.stop_at_eos,
                                  do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
                                  system=cfg.system or None, max_pixels=cfg.max_pixels or None)
-                buf = io.BytesIO()
-                torch.save(o.hidden.to("cpu", DTYPES[cfg.feature_dtype]).contiguous(), buf)
-                record = {"key": key, "prompt": instruction, "generated_text": o.text,
-                          "output_token_ids": o.token_ids.tolist(), "n_tokens": int(o.token_ids.numel()),
-                          "input_prompt": o.prompt, "sampling_seed": seed, "source": meta}
-                sample = {"__key__": key, "json": json.dumps(record).encode(), "output_embed.pth": buf.getvalue()}
+                record = {"prompt": instruction, "generated_text": o.text, "output_token_ids": o.token_ids.tolist(),
+                          "n_tokens": int(o.token_ids.numel()), "input_prompt": o.prompt, "sampling_seed": seed,
+                          "source": meta}
+                sample = encode_sample(key, record, o.hidden, DTYPES[cfg.feature_dtype])
                 if cfg.store_image:
                     sample[ext] = data
                 sink.write(sample)
