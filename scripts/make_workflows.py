@@ -4,7 +4,7 @@ The graphs are described below as node specs; the frontend creates the nodes, se
 connects the links and serializes the graph exactly as ComfyUI's Save does. Needs a server with
 the pack installed: --url of a running one, or one is started on a temporary base directory.
 
-    python scripts/make_workflows.py [--url http://127.0.0.1:8188]
+    python scripts/make_workflows.py [--url http://127.0.0.1:8188] [--screenshot docs/reasoning_workflow.png]
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def middle(n_images: int, preset: str, text: str, prefix: str) -> list[dict]:
          "widgets": {"preset": preset, "text": text, "max_new_tokens": 128, "seed": 0,
                      "control_after_generate": "fixed", "temperature": 0.6, "top_p": 0.9, "stop_at_eos": False},
          "links": links, **OURS},
-        {"key": "show", "type": "PreviewAny", "pos": [800, 20], "size": [400, 200], "title": "VLM text",
+        {"key": "show", "type": "PreviewAny", "pos": [800, 700], "size": [400, 200], "title": "VLM text",
          "links": {"source": ["enc", 1]}},
         {"key": "cond", "type": "ThinkDiffConditioning", "pos": [800, 280],
          "widgets": {"mode": "replace", "aligned_strength": 1.0, "text_strength": 1.0, "guidance": 3.5},
@@ -127,8 +127,20 @@ def spec(name: str) -> list[dict]:
     w = WORKFLOWS[name]
     note = {"key": "note", "type": "Note", "pos": [20, 880], "size": [760, 330],
             "widgets": {"text": NOTE.format(title=w["title"], how=w["how"])}}
-    return [note, *loaders(), *images(w["images"]), *middle(len(w["images"]), w["preset"], w["text"], name),
-            *w["sampler"]()]
+    nodes = [note, *loaders(), *images(w["images"]), *middle(len(w["images"]), w["preset"], w["text"], name),
+             *w["sampler"]()]
+    for n in nodes:   # margin for the frontend's side bar and tabs
+        n["pos"] = [n["pos"][0] + 60, n["pos"][1] + 80]
+    return nodes
+
+
+def screenshot(url: str, path: str, name: str = "thinkdiff_in_context_reasoning") -> str:
+    """PNG of a shipped workflow loaded in the real frontend (for the README)."""
+    with open(os.path.join(OUT, name + ".json")) as f:
+        wf = json.load(f)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with BrowserFrontend(url, width=1800, height=1150) as fe:
+        return fe.screenshot(wf, path, scale=0.72, offset=(40, 120))
 
 
 def generate(url: str, out_dir: str = OUT) -> list[str]:
@@ -149,14 +161,22 @@ def generate(url: str, out_dir: str = OUT) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", help="a running ComfyUI with the pack installed")
+    ap.add_argument("--screenshot", help="also write a PNG of the reasoning workflow in the frontend")
     a = ap.parse_args()
+
+    def work(url: str) -> list[str]:
+        paths = generate(url)
+        if a.screenshot:
+            paths.append(screenshot(url, a.screenshot))
+        return paths
+
     if a.url:
-        paths = generate(a.url)
+        paths = work(a.url)
     else:
         with tempfile.TemporaryDirectory() as base:
             comfy_server.install_pack(base)
             with comfy_server.ComfyServer(base) as server:
-                paths = generate(server.url)
+                paths = work(server.url)
     print("\n".join(paths))
     return 0
 

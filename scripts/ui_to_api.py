@@ -80,17 +80,41 @@ class BrowserFrontend:
             raise ValueError(f"the frontend does not know these node types: {', '.join(missing)}")
         return self.page.evaluate("async () => (await window.app.graphToPrompt()).output")
 
-    def screenshot(self, workflow: dict, path: str) -> str:
+    def load_errors(self, workflow: dict) -> list[str]:
+        """Load a workflow and return the texts of alert/toast messages the frontend shows (schema
+        validation problems appear there)."""
+        self.page.evaluate("() => document.querySelectorAll('.p-toast-message').forEach(e => e.remove())")
         self.load(workflow)
-        self.page.evaluate("() => { const c = document.querySelector('.p-dialog-mask');"
-                           " if (c) c.remove(); window.app.canvas.setDirty(true, true); }")
-        self.page.wait_for_timeout(800)
+        self.page.wait_for_timeout(500)
+        return self.page.evaluate("() => [...document.querySelectorAll('.p-toast-message')].map(e => e.innerText)")
+
+    def screenshot(self, workflow: dict, path: str, scale: float = 0.8, offset=(20, 30)) -> str:
+        self.load(workflow)
+        self.page.evaluate("""([scale, offset]) => {
+            document.querySelectorAll('.p-toast-message, .p-dialog-mask').forEach(e => e.remove());
+            for (const el of document.querySelectorAll('div')) {        // the "what's new" banner
+                if (el.children.length && /^Introducing/.test(el.innerText || '') && el.innerText.length < 200) {
+                    const buttons = el.querySelectorAll('button');
+                    if (buttons.length) { buttons[buttons.length - 1].click(); break; }
+                }
+            }
+            const ds = window.app.canvas.ds; ds.scale = scale; ds.offset = offset;
+            window.app.canvas.setDirty(true, true);
+        }""", [scale, list(offset)])
+        self.page.wait_for_timeout(1000)
         self.page.screenshot(path=path)
         return path
 
     def build(self, nodes: list[dict]) -> dict:
-        """Build a workflow in the canvas from node specs and return ``app.graph.serialize()``
-        (exactly what Save writes). Spec: {"key", "type", "pos": [x, y], "widgets": {name: value},
+        """Build a workflow in the canvas from node specs and return the workflow the frontend itself
+        saves (``(await app.graphToPrompt()).workflow``; a bare ``graph.serialize()`` holds nulls that
+        the frontend's schema check rejects on load)."""
+        self._build(nodes)
+        wf = self.page.evaluate("async () => (await window.app.graphToPrompt()).workflow")
+        return _drop_nulls(wf)
+
+    def _build(self, nodes: list[dict]) -> dict:
+        """Spec: {"key", "type", "pos": [x, y], "widgets": {name: value},
         "links": {input_name: [source_key, output_index]}, "title"?, "size"?}."""
         return self.page.evaluate("""(specs) => {
             const LG = window.LiteGraph, graph = window.app.graph;
@@ -121,8 +145,17 @@ class BrowserFrontend:
                 }
             }
             graph.setDirtyCanvas(true, true);
-            return graph.serialize();
+            return true;
         }""", nodes)
+
+
+def _drop_nulls(obj):
+    """Remove null-valued keys (e.g. floatingLinks, definitions, slot_index) recursively."""
+    if isinstance(obj, dict):
+        return {k: _drop_nulls(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_nulls(v) for v in obj]
+    return obj
 
 
 def python_convert(workflow: dict, object_info: dict) -> dict:

@@ -123,6 +123,7 @@ def test_frontend_and_python_converters_agree(path, frontend, object_info):
             pytest.fail(msg + " (CI must install them: apt-get install chromium; pip install playwright)")
         pytest.skip(msg)
     wf = json.load(open(path))
+    assert frontend.load_errors(wf) == [], "the frontend complains when loading the workflow"
     browser, python = frontend.to_api(wf), ui_to_api.python_convert(wf, object_info)
     for nid, node in browser.items():   # frontend-only widgets (e.g. PreviewAny's display) are not inputs
         known = {**object_info[node["class_type"]]["input"].get("required", {}),
