@@ -216,7 +216,14 @@ class TrainStream:
 
     def __iter__(self):
         epoch, si, sj = self.position
+        usable = True
         while True:
+            if (si, sj) == (0, 0):
+                if not usable:
+                    raise ValueError(f"no usable sample in {len(self.shards)} shard(s) ({self.shards[0]}, ...): every "
+                                     f"generation has fewer than 2 tokens, so no prefix/suffix split exists; "
+                                     f"precompute with a larger --max-new-tokens")
+                usable = False
             order = list(self.shards)
             random.Random(f"{self.seed}:{epoch}:{self.rank}").shuffle(order)
             for i in range(si, len(order)):
@@ -230,6 +237,7 @@ class TrainStream:
                     if len(s.ids) < 2:
                         self.skipped += 1
                         continue
+                    usable = True
                     yield s, draw_split(len(s.ids), self.max_split, f"{self.seed}:{epoch}:{name}:{s.key}")
                 sj = 0
             si, epoch = 0, epoch + 1

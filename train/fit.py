@@ -216,7 +216,7 @@ def fit(cfg: FitConfig) -> dict:
                 total += float(batch_loss(aligner, decoder, b, device, reduction="sum"))
             count += int((b["labels"] != -100).sum())
         total, count = reduce([total, count])
-        return total / max(count, 1)
+        return total / count if count else None
 
     def checkpoint(reason: str) -> None:
         positions = gather_object([list(stream.position)])     # every process's place in its data

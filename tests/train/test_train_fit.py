@@ -1,0 +1,168 @@
+"""fit: it learns (and uses the features), it keeps the decoder frozen, it resumes exactly (also after
+SIGKILL), it stops cleanly on SIGTERM, and it runs as two CPU processes (gloo)."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from train.data import Sample, collate, draw_split, read_feature_shard
+from train.fit import batch_loss, fit
+from train.t5 import load_t5_decoder
+from train_helpers import PY, REPO, log_records, run
+
+
+def _with_features_of(sample: Sample, other: Sample) -> Sample:
+    """sample's ids with other's feature rows (repeated at the end if other is shorter)."""
+    f = other.features()
+    n = len(sample.ids)
+    f = torch.cat([f, f[-1:].expand(max(0, n - f.shape[0]), -1)])[:n].clone()
+    buf = io.BytesIO()
+    torch.save(f, buf)
+    return Sample(sample.key, sample.ids, buf.getvalue())
+
+
+def test_aligner_alone_learns_and_uses_the_features(fit_cfg, tiny, learn_data):
+    cfg = dataclasses.replace(fit_cfg, batch_size=16, max_steps=200, lr=3e-2, min_lr=3e-2, warmup_steps=5,
+                              val_interval=100, ckpt_interval=1000, log_interval=10)
+    frozen_before, _ = load_t5_decoder(tiny.t5)
+    r = fit(cfg)
+    losses, val = r["losses"], r["val_losses"]
+    first, last = losses[1], sum(losses[s] for s in range(191, 201)) / 10
+    print(f"train loss {first:.2f} -> {last:.2f}; val loss {val}")
+    assert last <= 0.5 * first, f"training loss only went from {first:.2f} to {last:.2f}"
+    assert val[200] < val[100] < val[0] and val[200] <= 0.5 * val[0]
+
+    # the frozen decoder is bit-identical, the aligner moved
+    after = r["decoder"].state_dict()
+    assert all(torch.equal(t, after[k]) for k, t in frozen_before.state_dict().items())
+    assert all(not p.requires_grad for p in r["decoder"].parameters())
+
+    # honest: the loss is low because the aligner passes on what the features say. Give every
+    # held-out caption the features of a sample with another colour and shape: the loss must rise.
+    import json
+    import tarfile
+    with tarfile.open(learn_data["val"]) as tf:
+        meta = {m.name.split(".")[0]: json.load(tf.extractfile(m)) for m in tf if m.name.endswith(".json")}
+    items = [(s, draw_split(len(s.ids), 128, s.key)) for s in read_feature_shard(learn_data["val"])]
+    label = lambda s: (meta[s.key]["colour"], meta[s.key]["shape"])   # noqa: E731
+    swapped = []
+    for i, (s, k) in enumerate(items):
+        other = next(o for o, _ in items[i + 1:] + items[:i] if label(o)[0] != label(s)[0] and label(o)[1] != label(s)[1])
+        swapped.append((_with_features_of(s, other), k))
+    with torch.no_grad():
+        matched = batch_loss(r["aligner"], r["decoder"], collate(items, tiny.qwen_tok, tiny.t5_tok, 128), "cpu").item()
+        mismatched = batch_loss(r["aligner"], r["decoder"], collate(swapped, tiny.qwen_tok, tiny.t5_tok, 128), "cpu").item()
+    print(f"held-out loss with its own features {matched:.2f}, with another caption's features {mismatched:.2f}")
+    assert matched < 0.75 * mismatched
+
+
+def test_resume_reproduces_the_uninterrupted_losses(fit_cfg, tmp_path):
+    full = fit(dataclasses.replace(fit_cfg, out=str(tmp_path / "full"), max_steps=10, val_interval=5))
+    part = fit(dataclasses.replace(fit_cfg, out=str(tmp_path / "part"), max_steps=6, val_interval=5))
+    assert sorted(os.listdir(tmp_path / "part" / "checkpoints")) == ["step_00000004.pt", "step_00000006.pt"]
+    rest = fit(dataclasses.replace(fit_cfg, out=str(tmp_path / "part"), max_steps=10, val_interval=5, resume=True))
+    assert list(rest["losses"]) == [7, 8, 9, 10]
+    assert [rest["losses"][s] for s in (7, 8, 9, 10)] == [full["losses"][s] for s in (7, 8, 9, 10)]
+    assert rest["val_losses"][10] == full["val_losses"][10]
+    a, b = full["aligner"].state_dict(), rest["aligner"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the 6 first steps crossed an epoch boundary (8 x 6 = 48 > 4 shards x 48? no: 48 = one shard) and a
+    # shard boundary; the log says where the run resumed
+    assert [r["step"] for r in log_records(str(tmp_path / "part"), "resume")] == [6]
+
+
+def test_existing_run_needs_resume(fit_cfg):
+    fit(dataclasses.replace(fit_cfg, max_steps=4))
+    with pytest.raises(SystemExit, match="--resume"):
+        fit(dataclasses.replace(fit_cfg, max_steps=6))
+
+
+def _cli(cfg) -> list[str]:
+    args = [PY, "-m", "train", "fit"]
+    for f in dataclasses.fields(cfg):
+        args += [f"--{f.name.replace('_', '-')}", str(getattr(cfg, f.name))]
+    return args
+
+
+def _wait_for(predicate, proc, timeout=180.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        got = predicate()
+        if got:
+            return got
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early (rc {proc.returncode}): {proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("timed out waiting for the run")
+
+
+def _checkpoint_steps(out: str) -> list[int]:
+    try:
+        return [r["step"] for r in log_records(out, "checkpoint")]
+    except FileNotFoundError:
+        return []
+
+
+def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(fit_cfg, tmp_path):
+    cfg = dataclasses.replace(fit_cfg, out=str(tmp_path / "killed"), max_steps=100000, ckpt_interval=3)
+    proc = subprocess.Popen(_cli(cfg), cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: any(s >= 6 for s in _checkpoint_steps(cfg.out)), proc)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    names = os.listdir(os.path.join(cfg.out, "checkpoints"))
+    k = max(int(n[5:13]) for n in names if n.startswith("step_") and n.endswith(".pt"))
+    assert k >= 6 and k % 3 == 0
+    rest = fit(dataclasses.replace(cfg, max_steps=k + 3, resume=True))
+    ref = fit(dataclasses.replace(cfg, out=str(tmp_path / "ref"), max_steps=k + 3))
+    assert list(rest["losses"]) == [k + 1, k + 2, k + 3]
+    assert [rest["losses"][s] for s in rest["losses"]] == [ref["losses"][s] for s in rest["losses"]]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(fit_cfg, tmp_path):
+    cfg = dataclasses.replace(fit_cfg, out=str(tmp_path / "term"), max_steps=100000, ckpt_interval=1000)
+    proc = subprocess.Popen(_cli(cfg), cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: len(log_records(cfg.out)) >= 2 if os.path.exists(os.path.join(cfg.out, "log.jsonl")) else 0, proc)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopped by SIGTERM" in out
+    ckpts = log_records(cfg.out, "checkpoint")
+    steps = [r["step"] for r in log_records(cfg.out)]
+    assert len(ckpts) == 1 and ckpts[0]["reason"] == "stopped by SIGTERM" and ckpts[0]["step"] == steps[-1]
+    assert os.listdir(os.path.join(cfg.out, "checkpoints")) == [f"step_{steps[-1]:08d}.pt"]
+
+
+def test_two_cpu_processes_with_torchrun(fit_cfg, tmp_path):
+    cfg = dataclasses.replace(fit_cfg, out=str(tmp_path / "ddp"), max_steps=4, ckpt_interval=2, val_interval=4)
+    args = _cli(cfg)
+    r = run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", *args[2:]],
+            timeout=300, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    names = sorted(os.listdir(os.path.join(cfg.out, "checkpoints")))
+    assert names == ["step_00000002.pt", "step_00000004.pt"]                 # one writer, no temp files
+    ckpt = torch.load(os.path.join(cfg.out, "checkpoints", names[-1]), weights_only=True)
+    assert ckpt["world_size"] == 2 and len(ckpt["positions"]) == 2 and len(ckpt["rng"]) == 2
+    steps = [r["step"] for r in log_records(cfg.out)]
+    assert steps == [0, 1, 2, 3, 4]                                          # rank 0 logs, once per step
+    start = log_records(cfg.out, "start")[0]
+    assert start["world_size"] == 2 and start["dims"] == [32, 64, 64]
+    single = fit(dataclasses.replace(fit_cfg, out=str(tmp_path / "one"), max_steps=2))
+    assert {k: v.shape for k, v in single["aligner"].state_dict().items()} == \
+        {k: v.shape for k, v in ckpt["aligner"].items()}
+    assert all(torch.isfinite(v).all() for v in ckpt["aligner"].values())
