@@ -63,12 +63,14 @@ class ComfyServer:
     """A ComfyUI process: ``main.py --cpu --base-directory <base_dir>`` on a free local port."""
 
     def __init__(self, base_dir: str, comfy_dir: str | None = None, port: int | None = None,
-                 python: str | None = None, extra_args: list[str] | None = None, log_path: str | None = None):
+                 python: str | None = None, extra_args: list[str] | None = None, log_path: str | None = None,
+                 cpu: bool = True):
         self.base_dir = os.path.abspath(base_dir)
         self.comfy_dir = comfy_dir or comfyui_dir()
         self.port = port or free_port()
         self.python = python or server_python()
         self.extra_args = extra_args or []
+        self.cpu = cpu
         self.log_path = log_path or os.path.join(self.base_dir, "comfyui.log")
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
@@ -79,7 +81,7 @@ class ComfyServer:
             raise FileNotFoundError(f"ComfyUI not found at {self.comfy_dir} (no main.py). Run scripts/bootstrap.sh "
                                     f"or set COMFYUI_DIR to a ComfyUI 0.3.75 checkout")
         os.makedirs(os.path.join(self.base_dir, "user"), exist_ok=True)
-        cmd = [self.python, main, "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [self.python, main, *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", self.base_dir,
                "--database-url", f"sqlite:///{os.path.join(self.base_dir, 'user', 'comfyui.db')}",
                *self.extra_args]

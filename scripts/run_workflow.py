@@ -144,9 +144,7 @@ def main(argv=None) -> int:
                                               log=lambda m: print(m, file=sys.stderr))
             comfy_server.install_pack(base)
             comfy_server.copy_example_inputs(base)
-            server = comfy_server.ComfyServer(base, comfy_dir=a.comfyui, extra_args=[] if not a.gpu else None)
-            if a.gpu:
-                server.extra_args = []
+            server = comfy_server.ComfyServer(base, comfy_dir=a.comfyui, cpu=not a.gpu)
             print(f"[run_workflow] starting ComfyUI on {server.url} (log: {server.log_path})", file=sys.stderr)
             server.start()
             url = server.url
