@@ -6,7 +6,8 @@ the suffix text (Qwen ids [s, N) -> text -> T5 tokens). Only the aligner is trai
 
     python -m train fit --data feats/ --t5 flan-t5-xxl --out runs/lvlm           # one process
     torchrun --nproc_per_node 4 -m train fit --config run.yaml                    # DDP, 4 GPUs
-    accelerate launch --num_processes 2 --cpu -m train fit --config run.yaml      # DDP, CPU (gloo)
+    accelerate launch --multi_gpu --num_processes 2 -m train fit --config run.yaml # DDP; on a CPU-only
+                                            # machine this runs 2 CPU processes over gloo (as torchrun does)
     python -m train fit --config run.yaml --resume                                # continue a run
 
 Outputs in --out: config.yaml, log.jsonl (one JSON line per log step, validation, checkpoint,
@@ -35,7 +36,7 @@ from thinkdiff_core.aligner import Aligner
 
 from .config import FitConfig, require
 from .data import TrainStream, batches, collate, expand_shards, feature_dim, val_items
-from .t5 import load_t5_decoder, load_tokenizer
+from .t5 import check_t5_folder, load_t5_decoder, load_tokenizer
 
 CKPT_FORMAT = "thinkdiff-train-checkpoint/1"
 
@@ -131,6 +132,7 @@ def memory_mb(device: torch.device) -> float:
 def fit(cfg: FitConfig) -> dict:
     """Run (or continue) a fit; returns {'step', 'losses', 'val_losses', 'aligner', 'decoder', 'stopped'}."""
     require(cfg, "data", "t5")
+    check_t5_folder(cfg.t5)
     from accelerate import Accelerator
     from accelerate.utils import gather_object
     from tqdm import tqdm
@@ -293,7 +295,8 @@ def fit(cfg: FitConfig) -> dict:
                 val = evaluate()
                 if val is not None:
                     val_losses[step] = record["val_loss"] = val
-                    bar.write(f"step {step}: loss {loss_value:.4f}, val_loss {val:.4f}")
+                    if master:
+                        bar.write(f"step {step}: loss {loss_value:.4f}, val_loss {val:.4f}")
             if step % cfg.log_interval == 0 or "val_loss" in record or step == cfg.max_steps:
                 log(record)
             if stopping:       # any process got SIGINT/SIGTERM: all of them stop after this step

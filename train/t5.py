@@ -7,6 +7,7 @@ code builds the whole fp32 T5-XXL, spec bug 9). From the encoder we read one ten
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 
@@ -115,7 +116,8 @@ def random_t5_decoder(config, dtype: torch.dtype, device, seed: int = 0) -> T5De
     return model.eval().requires_grad_(False)
 
 
+@functools.lru_cache(maxsize=8)
 def load_tokenizer(path: str):
-    """A tokenizer from a local folder (never downloaded)."""
+    """A tokenizer from a local folder (never downloaded); cached, as the Qwen vocabulary takes ~1 s."""
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(path, local_files_only=True)

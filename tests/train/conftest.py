@@ -34,5 +34,5 @@ def fit_cfg(tiny, learn_data, tmp_path):
     from train.config import FitConfig
     return FitConfig(data=",".join(learn_data["train"]), val_data=learn_data["val"], t5=tiny.t5,
                      tokenizer=tiny.qwen, out=str(tmp_path / "run"), batch_size=8, max_steps=8, lr=3e-2,
-                     warmup_steps=3, min_lr=1e-2, decay_steps=100, val_interval=0, ckpt_interval=4,
-                     log_interval=1, progress=False)
+                     warmup_steps=3, min_lr=1e-2, decay_steps=100, val_interval=0, val_max_samples=16,
+                     ckpt_interval=4, log_interval=1, progress=False)
