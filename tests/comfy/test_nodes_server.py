@@ -186,6 +186,19 @@ def test_vlm_output_changes_the_image(server, frontend, object_info):
     assert np.abs(a.astype(int) - z.astype(int)).mean() > 0.5, "the ThinkDiff conditioning had no effect"
 
 
+def test_clip_pooled_vector_reaches_flux(server, frontend, object_info):
+    """With CLIP connected the pooled vector is CLIP-L's output of "" (the paper); without it, zeros
+    and a warning in the log. The two must give different images."""
+    with_clip = run_workflow.apply_overrides(prompt_for("thinkdiff_in_context_reasoning.json", server, frontend,
+                                                        object_info), seed=21)
+    without = copy.deepcopy(with_clip)
+    del without[node_id(without, "ThinkDiffConditioning")]["inputs"]["clip"]
+    a = image_array(server, run_ok(server, with_clip))
+    b = image_array(server, run_ok(server, without))
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 0.5, "the CLIP pooled vector had no effect"
+    assert "no CLIP-L pooled vector given, using zeros" in server.log_tail(200)
+
+
 # --- readable errors ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
