@@ -19,6 +19,7 @@ step, save a checkpoint and exit with status 0.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import glob
 import json
@@ -121,6 +122,41 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+def prefetch(iterable, depth: int = 2):
+    """Run an iterator in a background thread, `depth` items ahead, in order; its errors re-raise here."""
+    import queue
+    import threading
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = threading.Event()
+
+    def put(x) -> bool:
+        while not done.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce():
+        try:
+            for item in iterable:
+                if not put((True, item)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put((False, e))
+
+    threading.Thread(target=produce, daemon=True, name="fit-data").start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            yield item
+    finally:                      # close() or garbage collection stops the thread
+        done.set()
+
+
 def memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -197,7 +233,10 @@ def fit(cfg: FitConfig) -> dict:
 
     model = accelerator.prepare(aligner)      # DDP when world > 1; the optimizer stays ours
     stream = TrainStream(shards[rank::world], cfg.seed, rank, cfg.max_split, position)
-    train_batches = batches(stream, cfg.batch_size)
+    # batches are read and tokenised one or two ahead in a thread; each carries the stream position
+    # after its last sample, and a checkpoint stores the position of the last batch actually used
+    train_batches = prefetch(((collate(group, qwen_tok, t5_tok, cfg.max_label_len), pos)
+                              for group, pos in batches(stream, cfg.batch_size)), depth=2)
     held_out = val_items(val_shards, cfg.seed, rank, world, cfg.val_max_samples, cfg.max_split)
 
     def reduce(values: list[float]) -> list[float]:
@@ -207,13 +246,16 @@ def fit(cfg: FitConfig) -> dict:
             torch.distributed.all_reduce(t)
         return t.tolist()
 
+    # the data thread uses the tokenizers concurrently: validation gets its own copies
+    val_qwen_tok, val_t5_tok = (copy.deepcopy(qwen_tok), copy.deepcopy(t5_tok)) if val_shards else (None, None)
+
     @torch.no_grad()
     def evaluate() -> float | None:
         if not val_shards:
             return None
         total, count = 0.0, 0
         for i in range(0, len(held_out), cfg.batch_size):
-            b = collate(held_out[i:i + cfg.batch_size], qwen_tok, t5_tok, cfg.max_label_len)
+            b = collate(held_out[i:i + cfg.batch_size], val_qwen_tok, val_t5_tok, cfg.max_label_len)
             with autocast():
                 total += float(batch_loss(aligner, decoder, b, device, reduction="sum"))
             count += int((b["labels"] != -100).sum())
@@ -221,7 +263,7 @@ def fit(cfg: FitConfig) -> dict:
         return total / count if count else None
 
     def checkpoint(reason: str) -> None:
-        positions = gather_object([list(stream.position)])     # every process's place in its data
+        positions = gather_object([list(position)])            # every process's place in its data
         rngs = gather_object([rng_state()])
         if master:
             path = save_checkpoint(cfg.out, {
@@ -269,8 +311,7 @@ def fit(cfg: FitConfig) -> dict:
             t0 = time.perf_counter()
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
-                group, _ = next(train_batches)
-                batch = collate(group, qwen_tok, t5_tok, cfg.max_label_len)
+                batch, position = next(train_batches)
                 # gradients are all-reduced only on the last micro-step
                 sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
                 with sync:
@@ -310,6 +351,7 @@ def fit(cfg: FitConfig) -> dict:
                 checkpoint("interval" if step < cfg.max_steps else "end")
                 last_ckpt = step
     finally:
+        train_batches.close()
         bar.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
