@@ -132,9 +132,10 @@ def _tar_units(tars: list[str]) -> list[Unit]:
                 yield s["__key__"].replace("/", "__").replace(".", "_"), s[ext], ext, meta
         return samples
 
-    def count(path: str) -> int:
-        with tarfile.open(path, "r|*") as tf:
-            return len({split_key(m.name)[0] for m in tf if m.isfile() and split_key(m.name)[1].lower() in IMAGE_EXTS})
+    def count(path: str) -> int:   # headers only: random-access mode seeks over the file data
+        with tarfile.open(path, "r:*") as tf:
+            return len({split_key(m.name)[0] for m in tf.getmembers()
+                        if m.isfile() and split_key(m.name)[1].lower() in IMAGE_EXTS})
 
     names = [os.path.basename(t) for t in tars]
     if len(set(names)) != len(names):   # tars from several folders with clashing names

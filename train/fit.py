@@ -146,15 +146,17 @@ def prefetch(iterable, depth: int = 2):
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             put((False, e))
 
-    threading.Thread(target=produce, daemon=True, name="fit-data").start()
+    thread = threading.Thread(target=produce, daemon=True, name="fit-data")
+    thread.start()
     try:
         while True:
             ok, item = q.get()
             if not ok:
                 raise item
             yield item
-    finally:                      # close() or garbage collection stops the thread
+    finally:                      # close() or garbage collection stops the thread (after its current item)
         done.set()
+        thread.join(timeout=60)
 
 
 def memory_mb(device: torch.device) -> float:

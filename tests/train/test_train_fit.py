@@ -73,9 +73,19 @@ def test_resume_reproduces_the_uninterrupted_losses(fit_cfg, tmp_path):
     assert rest["val_losses"][10] == full["val_losses"][10]
     a, b = full["aligner"].state_dict(), rest["aligner"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # the 6 first steps crossed an epoch boundary (8 x 6 = 48 > 4 shards x 48? no: 48 = one shard) and a
-    # shard boundary; the log says where the run resumed
+    # 6 steps x 8 samples = 48 = exactly one shard: the run resumes at the end of a shard (the stream
+    # test covers epoch boundaries); the log says where the run resumed
     assert [r["step"] for r in log_records(str(tmp_path / "part"), "resume")] == [6]
+
+
+def test_resume_with_gradient_accumulation(fit_cfg, tmp_path):
+    cfg = dataclasses.replace(fit_cfg, batch_size=4, grad_accum=2, ckpt_interval=3)
+    full = fit(dataclasses.replace(cfg, out=str(tmp_path / "full"), max_steps=5))
+    fit(dataclasses.replace(cfg, out=str(tmp_path / "part"), max_steps=3))
+    rest = fit(dataclasses.replace(cfg, out=str(tmp_path / "part"), max_steps=5, resume=True))
+    assert [rest["losses"][s] for s in (4, 5)] == [full["losses"][s] for s in (4, 5)]
+    ckpt = torch.load(os.path.join(tmp_path, "part", "checkpoints", "step_00000003.pt"), weights_only=True)
+    assert ckpt["positions"] == [[0, 0, 24]]                     # 3 steps x 2 micro-batches x 4 samples
 
 
 def test_existing_run_needs_resume(fit_cfg):
