@@ -136,7 +136,6 @@ def main() -> None:
 
 def time_collate(in_dim: int, bs: int) -> None:
     """The data path of one batch: decode the stored states, Qwen-decode the suffix, T5-tokenise."""
-    import io  # noqa: F401
 
     from thinkdiff_core.tiny import find_tokenizer
     from train.data import Sample, collate, draw_split, encode_sample

@@ -311,7 +311,7 @@ def fit(cfg: FitConfig) -> dict:
     try:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
                 batch, position = next(train_batches)
                 # gradients are all-reduced only on the last micro-step
@@ -320,13 +320,13 @@ def fit(cfg: FitConfig) -> dict:
                     with autocast():
                         loss = batch_loss(model, decoder, batch, device)
                     accelerator.backward(loss / cfg.grad_accum)
-                loss_sum += loss.item()
+                loss_sum += loss.detach()
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            loss_value, stopping = reduce([loss_sum / cfg.grad_accum / world, float(stop["signal"] > 0)])
+            loss_value, stopping = reduce([loss_sum.item() / cfg.grad_accum / world, float(stop["signal"] > 0)])
             losses[step] = loss_value
             dt = time.perf_counter() - t0
             bar.update(1)

@@ -3,6 +3,7 @@ semantics, resume, sharding over processes, webdataset tar sources, one-token ge
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 
@@ -21,7 +22,7 @@ def contents(folder: str) -> dict:
     """{shard: [(key, json record, features)]} of a precompute output folder."""
     out = {}
     for name in sorted(n for n in os.listdir(folder) if n.endswith(".tar")):
-        out[name] = [(s["__key__"], json.loads(s["json"]), torch.load(__import__("io").BytesIO(s["output_embed.pth"]),
+        out[name] = [(s["__key__"], json.loads(s["json"]), torch.load(io.BytesIO(s["output_embed.pth"]),
                                                                       weights_only=True))
                      for s in iter_tar(os.path.join(folder, name))]
     return out
@@ -119,7 +120,7 @@ def test_webdataset_tar_source(tiny, tmp_path):
     rec = json.loads(got[1]["json"])
     assert rec["source"] == {"caption": "caption 1", "json": {"url": "http://example/1"}}
     assert "png" in got[1]
-    assert torch.load(__import__("io").BytesIO(got[1]["output_embed.pth"]), weights_only=True).dtype == torch.float16
+    assert torch.load(io.BytesIO(got[1]["output_embed.pth"]), weights_only=True).dtype == torch.float16
     import webdataset
     assert len(list(webdataset.WebDataset(str(tmp_path / "out" / "00007.tar"), shardshuffle=False))) == 3
 

@@ -3,7 +3,6 @@ split and collate (spec 2.3/2.4), the encoder-free T5 decoder, the data stream's
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 
 import pytest
