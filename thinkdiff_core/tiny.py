@@ -84,6 +84,7 @@ def build_tiny_t5(dst: str | os.PathLike, tokenizer_dir: str | os.PathLike, d_mo
                    num_layers=num_layers, num_decoder_layers=num_layers, num_heads=4,
                    feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
                    pad_token_id=0, eos_token_id=1)
+    cfg.tie_word_embeddings = False   # transformers 5's T5Config ignores the constructor argument
     torch.manual_seed(seed)
     T5ForConditionalGeneration(cfg).save_pretrained(dst)
     tok.save_pretrained(dst)

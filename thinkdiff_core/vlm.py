@@ -143,9 +143,11 @@ class VLMEncoder:
         return ids
 
     def prepare(self, content: Sequence[Any], system: str | None = DEFAULT_SYSTEM,
-                max_pixels: int | None = None) -> tuple[dict, str]:
-        """Tokenise a content list (strings and PIL images) into model inputs on the model's device."""
-        prompt, images = render_qwen_chat(content, system=system)
+                max_pixels: int | None = None, add_vision_id: bool = True) -> tuple[dict, str]:
+        """Tokenise a content list (strings and PIL images) into model inputs on the model's device.
+        ``add_vision_id`` writes "Picture i: " before each image (inference presets); the training
+        captions (spec 2.2) use the plain template without it."""
+        prompt, images = render_qwen_chat(content, system=system, add_vision_id=add_vision_id)
         kwargs = {}
         if images and max_pixels:
             kwargs["images_kwargs"] = {"max_pixels": int(max_pixels)}
@@ -156,14 +158,14 @@ class VLMEncoder:
     @torch.inference_mode()
     def generate(self, content: Sequence[Any], *, max_new_tokens: int = 128, stop_at_eos: bool = False,
                  do_sample: bool = True, temperature: float = 0.6, top_p: float = 0.9, seed: int = 0,
-                 system: str | None = DEFAULT_SYSTEM, max_pixels: int | None = None,
+                 system: str | None = DEFAULT_SYSTEM, max_pixels: int | None = None, add_vision_id: bool = True,
                  on_token: Callable[[int, int], None] | None = None) -> VLMOutput:
         """Generate up to ``max_new_tokens`` (exactly that many unless ``stop_at_eos``) and capture
         the final-norm state behind each generated token."""
         from transformers import GenerationConfig, StoppingCriteriaList
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
-        inputs, prompt = self.prepare(content, system=system, max_pixels=max_pixels)
+        inputs, prompt = self.prepare(content, system=system, max_pixels=max_pixels, add_vision_id=add_vision_id)
         prompt_len = int(inputs["input_ids"].shape[1])
         eos = self._eos_ids()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0]
@@ -195,10 +197,11 @@ class VLMEncoder:
 
     @torch.inference_mode()
     def teacher_forced_states(self, content: Sequence[Any], token_ids: torch.Tensor,
-                              system: str | None = DEFAULT_SYSTEM, max_pixels: int | None = None) -> torch.Tensor:
+                              system: str | None = DEFAULT_SYSTEM, max_pixels: int | None = None,
+                              add_vision_id: bool = True) -> torch.Tensor:
         """One forward pass over prompt + generated tokens; the final-norm states at the positions
         that predicted each generated token ([N, D]). A check of :meth:`generate`'s rows."""
-        inputs, _ = self.prepare(content, system=system, max_pixels=max_pixels)
+        inputs, _ = self.prepare(content, system=system, max_pixels=max_pixels, add_vision_id=add_vision_id)
         prompt_len = inputs["input_ids"].shape[1]
         ids = token_ids.to(self.device).view(1, -1)
         inputs["input_ids"] = torch.cat([inputs["input_ids"], ids[:, :-1]], dim=1)

@@ -20,25 +20,13 @@ import time
 
 import torch
 
-from thinkdiff_core.prompts import TRAINING_INSTRUCTIONS, render_qwen_chat
+from thinkdiff_core.prompts import TRAINING_INSTRUCTIONS
 from thinkdiff_core.vlm import VLMEncoder
 
 from .config import PrecomputeConfig, require
 from .data import encode_sample, image_units
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-class CaptionEncoder(VLMEncoder):
-    """The pre-computation prompt is Qwen2-VL's plain chat template (spec 2.2): no "Picture 1: "
-    vision id, unlike the inference presets that VLMEncoder.prepare renders."""
-
-    def prepare(self, content, system=None, max_pixels=None):
-        prompt, images = render_qwen_chat(content, system=system, add_vision_id=False)
-        kwargs = {"images_kwargs": {"max_pixels": int(max_pixels)}} if max_pixels else {}
-        inputs = self.processor(text=[prompt], images=[im.convert("RGB") for im in images] or None,
-                                return_tensors="pt", **kwargs)
-        return {k: v.to(self.device) for k, v in inputs.items()}, prompt
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -85,7 +73,7 @@ def main(cfg: PrecomputeConfig) -> int:
     device = cfg.device
     if device == "auto":
         device = f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
-    enc = CaptionEncoder.from_pretrained(cfg.vlm, dtype=cfg.model_dtype, device=device)
+    enc = VLMEncoder.from_pretrained(cfg.vlm, dtype=cfg.model_dtype, device=device)
     if rank == 0:   # provenance, and lets `fit` find the VLM's tokenizer
         info = {"vlm": os.path.abspath(cfg.vlm), "vlm_name": enc.name, "hidden_size": enc.hidden_size,
                 "config": vars(cfg)}
@@ -114,7 +102,8 @@ def main(cfg: PrecomputeConfig) -> int:
                 instruction, seed = sample_plan(cfg.seed, key, instructions)
                 o = enc.generate([image, instruction], max_new_tokens=cfg.max_new_tokens, stop_at_eos=cfg.stop_at_eos,
                                  do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
-                                 system=cfg.system or None, max_pixels=cfg.max_pixels or None)
+                                 system=cfg.system or None, max_pixels=cfg.max_pixels or None,
+                                 add_vision_id=False)   # spec 2.2: the plain chat template, no "Picture 1: "
                 record = {"prompt": instruction, "generated_text": o.text, "output_token_ids": o.token_ids.tolist(),
                           "n_tokens": int(o.token_ids.numel()), "input_prompt": o.prompt, "sampling_seed": seed,
                           "source": meta}

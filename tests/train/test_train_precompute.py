@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from thinkdiff_core.prompts import TRAINING_INSTRUCTIONS
+from thinkdiff_core.vlm import VLMEncoder
 from train import precompute
 from train.config import PrecomputeConfig
 from train.data import iter_tar, read_feature_shard
@@ -64,10 +65,10 @@ def test_shards_hold_the_generation_and_its_rows(single_run, base_cfg, tiny, pho
     assert len({rec["prompt"] for _, rec, _ in samples}) > 1        # drawn per image
     # row k is the state that produced token k: a teacher-forced pass over the same tokens agrees
     from PIL import Image
-    enc = precompute.CaptionEncoder.from_pretrained(tiny.qwen)
+    enc = VLMEncoder.from_pretrained(tiny.qwen)
     key, rec, feat = samples[0]
     forced = enc.teacher_forced_states([Image.open(os.path.join(photos, key + ".png")), rec["prompt"]],
-                                       torch.tensor(rec["output_token_ids"]))
+                                       torch.tensor(rec["output_token_ids"]), add_vision_id=False)
     torch.testing.assert_close(feat.float(), forced.to(torch.bfloat16).float(), rtol=0.02, atol=0.05)
 
 
