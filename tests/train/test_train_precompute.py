@@ -19,12 +19,15 @@ from train.data import iter_tar, read_feature_shard
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "horse.png"]
 
 
+def load_tensor(data: bytes) -> torch.Tensor:
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
 def contents(folder: str) -> dict:
     """{shard: [(key, json record, features)]} of a precompute output folder."""
     out = {}
     for name in sorted(n for n in os.listdir(folder) if n.endswith(".tar")):
-        out[name] = [(s["__key__"], json.loads(s["json"]), torch.load(io.BytesIO(s["output_embed.pth"]),
-                                                                      weights_only=True))
+        out[name] = [(s["__key__"], json.loads(s["json"]), load_tensor(s["output_embed.pth"]))
                      for s in iter_tar(os.path.join(folder, name))]
     return out
 
