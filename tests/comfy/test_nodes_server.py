@@ -169,6 +169,43 @@ def test_requeue_does_not_run_the_vlm_again(server, frontend, object_info):
     assert enc not in (cached3[0] if cached3 else set())
 
 
+# --- progress ----------------------------------------------------------------------------------------
+
+def test_progress_bar_advances_per_generated_token(server, frontend, object_info):
+    """The UI's progress bar for VLM Encode Multimodal gets one update per generated token, as the
+    frontend receives them over the /ws websocket."""
+    import asyncio
+    import uuid
+
+    import aiohttp
+    prompt = run_workflow.apply_overrides(prompt_for("thinkdiff_image_text.json", server, frontend, object_info),
+                                          seed=5151, inputs={"ThinkDiffVLMEncode": {"max_new_tokens": 12}})
+    enc = node_id(prompt, "ThinkDiffVLMEncode")
+    client_id = f"thinkdiff-test-{uuid.uuid4().hex[:8]}"
+
+    async def collect() -> list[dict]:
+        events = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{server.url}/ws?clientId={client_id}") as ws:
+                async with session.post(f"{server.url}/prompt", json={"prompt": prompt, "client_id": client_id}) as r:
+                    prompt_id = (await r.json())["prompt_id"]
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    m = msg.json()
+                    if m["type"] == "progress" and m["data"].get("node") == enc:
+                        events.append(m["data"])
+                    if (m["type"] == "executing" and m["data"].get("node") is None
+                            and m["data"].get("prompt_id") == prompt_id) or m["type"] == "execution_error":
+                        return events
+        return events
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:   # its own event loop: playwright's sync API holds this thread's
+        events = pool.submit(lambda: asyncio.run(asyncio.wait_for(collect(), timeout=600))).result()
+    assert [(e["value"], e["max"]) for e in events] == [(k, 12) for k in range(1, 13)], events
+
+
 # --- the conditioning reaches FLUX -------------------------------------------------------------------
 
 def test_vlm_output_changes_the_image(server, frontend, object_info):
