@@ -21,4 +21,8 @@ except Exception as _e:  # ImportError on old ComfyUI, or anything a broken inst
 else:
     from .nodes import comfy_entrypoint  # noqa: F401
 
-    __all__ = ["comfy_entrypoint"]
+    # frontend extension (dynamic image slots on VLM Encode Multimodal), served under
+    # /extensions/<pack folder>/
+    WEB_DIRECTORY = "./web/js"
+
+    __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

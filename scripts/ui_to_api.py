@@ -56,6 +56,10 @@ class BrowserFrontend:
         self._browser = self._pw.chromium.launch(executable_path=chromium_path(), headless=True,
                                                  args=["--no-sandbox", "--disable-gpu"])
         self.page = self._browser.new_page(viewport={"width": self.width, "height": self.height})
+        # what the page logs from the start (extension loading included): (type, text, source url)
+        self.console: list[tuple[str, str, str]] = []
+        self.page.on("console", lambda m: self.console.append((m.type, m.text, (m.location or {}).get("url", ""))))
+        self.page.on("pageerror", lambda e: self.console.append(("pageerror", f"{e}\n{getattr(e, 'stack', '')}", "")))
         self.page.goto(self.url + "/", wait_until="domcontentloaded", timeout=120_000)
         self.page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
         return self

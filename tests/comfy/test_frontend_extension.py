@@ -1,0 +1,148 @@
+"""The pack's frontend extension (web/js/dynamic_image_slots.js) in the real frontend 1.32.9: VLM Encode
+Multimodal shows only the connected image slots plus one empty slot, and saved/built workflows
+still convert and run."""
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+
+import pytest
+
+import comfy_server  # scripts/ (put on sys.path by conftest.py)
+import make_workflows
+import run_workflow
+
+ROOT = comfy_server.ROOT
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+JS = "dynamic_image_slots.js"
+EXT_URL = f"/extensions/{comfy_server.PACK_NAME}/{JS}"
+EXT_NAME = "thinkdiff.dynamicImageSlots"
+FAST = dict(steps=1, width=64, height=64, demo_models=True)
+
+
+@pytest.fixture
+def fe(frontend):
+    if frontend is None:
+        msg = "Chromium + playwright are needed to test the frontend extension"
+        if IN_CI:
+            pytest.fail(msg + " (CI must install them: apt-get install chromium; pip install playwright)")
+        pytest.skip(msg)
+    frontend.page.wait_for_function(f"window.app.extensions.some(e => e.name === {json.dumps(EXT_NAME)})",
+                                    timeout=30_000)
+    return frontend
+
+
+# helpers evaluated in the page
+JS_HELPERS = """
+    const LG = window.LiteGraph, app = window.app, g = app.graph;
+    const tick = () => new Promise(r => setTimeout(r, 0));
+    const images = n => n.inputs.filter(i => /^image_\\d+$/.test(i.name)).map(i => i.name + (i.link != null ? '*' : ''));
+    const idx = (n, name) => n.inputs.findIndex(i => i.name === name);
+    const linksOk = () => g._nodes.every(n => (n.inputs || []).every((inp, k) => inp.link == null ||
+        (g._links.get(inp.link)?.target_slot === k && g._links.get(inp.link)?.target_id === n.id)));
+"""
+
+
+def test_extension_js_is_served_and_loads_without_errors(server, fe):
+    with urllib.request.urlopen(server.url + EXT_URL, timeout=30) as r:
+        assert r.status == 200
+        assert "registerExtension" in r.read().decode()
+    assert EXT_URL in server.get("/extensions")
+    ours = [c for c in fe.console
+            if c[0] in ("error", "pageerror") and any(k in (c[1] + c[2]).lower() for k in ("thinkdiff", JS))]
+    assert ours == [], ours
+
+
+def test_image_slots_grow_and_shrink(fe):
+    out = fe.page.evaluate("async () => {" + JS_HELPERS + """
+        g.clear();
+        const n = LG.createNode('ThinkDiffVLMEncode'); n.pos = [400, 100]; g.add(n);
+        const vlm = LG.createNode('ThinkDiffLoadVLM'); g.add(vlm);
+        const text = LG.createNode('PrimitiveStringMultiline'); g.add(text);
+        const loads = [0, 1, 2, 3, 4, 5, 6].map(k => { const l = LG.createNode('LoadImage'); l.pos = [0, 200 * k]; g.add(l); return l; });
+        vlm.connect(0, n, idx(n, 'vlm'));
+        text.connect(0, n, idx(n, 'text'));     // a linked widget slot after the image slots
+        const r = {created: images(n)};
+        loads[0].connect(0, n, idx(n, 'image_1')); r.one = images(n);
+        loads[1].connect(0, n, idx(n, 'image_2')); r.two = images(n);
+        r.prompt2 = Object.keys((await app.graphToPrompt()).output[String(n.id)].inputs).filter(k => k.startsWith('image_'));
+        n.disconnectInput(idx(n, 'image_2')); await tick(); r.disconnected = images(n);
+        for (let k = 2; k <= 6; k++) loads[k - 1].connect(0, n, idx(n, 'image_' + k));
+        r.full = images(n);
+        loads[6].connect(0, n, idx(n, 'image_4')); await tick(); r.replaced = images(n);   // replace a link
+        for (const k of [6, 5]) n.disconnectInput(idx(n, 'image_' + k));
+        await tick(); r.trailingGone = images(n);
+        for (const k of [1, 2]) n.disconnectInput(idx(n, 'image_' + k));
+        await tick(); r.gap = images(n);   // image_1, image_2 empty but before a connected slot: kept
+        n.disconnectInput(idx(n, 'image_3')); n.disconnectInput(idx(n, 'image_4'));
+        await tick(); r.none = images(n);
+        r.linksOk = linksOk();
+        r.textLinked = n.inputs[idx(n, 'text')].link != null;
+        return r;
+    }""")
+    assert out["created"] == ["image_1"]
+    assert out["one"] == ["image_1*", "image_2"]
+    assert out["two"] == ["image_1*", "image_2*", "image_3"]
+    assert out["prompt2"] == ["image_1", "image_2"]
+    assert out["disconnected"] == ["image_1*", "image_2"]
+    assert out["full"] == [f"image_{k}*" for k in range(1, 7)]    # the maximum: no empty slot
+    assert out["replaced"] == out["full"]
+    assert out["trailingGone"] == ["image_1*", "image_2*", "image_3*", "image_4*", "image_5"]
+    assert out["gap"] == ["image_1", "image_2", "image_3*", "image_4*", "image_5"]
+    assert out["none"] == ["image_1"]
+    assert out["linksOk"] and out["textLinked"]
+
+
+@pytest.mark.parametrize("name", sorted(make_workflows.WORKFLOWS))
+def test_shipped_workflow_loads_with_trimmed_slots_and_round_trips(name, fe, object_info):
+    """The shipped files list all six image slots: loading keeps the links, shows the connected
+    images plus one empty slot, and saving + reloading gives the same prompt."""
+    with open(os.path.join(ROOT, "workflows", name + ".json")) as f:
+        wf = json.load(f)
+    enc = next(n for n in wf["nodes"] if n["type"] == "ThinkDiffVLMEncode")
+    connected = [i["name"] for i in enc["inputs"] if i["name"].startswith("image_") and i.get("link") is not None]
+    assert fe.load_errors(wf) == []
+    out = fe.page.evaluate("async () => {" + JS_HELPERS + """
+        const n = g._nodes.find(x => x.type === 'ThinkDiffVLMEncode');
+        const r = {images: images(n), linksOk: linksOk()};
+        const p = await app.graphToPrompt();
+        r.prompt = p.output;
+        await app.loadGraphData(p.workflow);
+        r.reloaded = images(g._nodes.find(x => x.type === 'ThinkDiffVLMEncode'));
+        r.linksOk2 = linksOk();
+        r.prompt2 = (await app.graphToPrompt()).output;
+        return r;
+    }""")
+    assert out["images"] == [c + "*" for c in connected] + [f"image_{len(connected) + 1}"]
+    assert out["linksOk"] and out["linksOk2"]
+    assert out["reloaded"] == out["images"]
+    assert out["prompt2"] == out["prompt"]
+    enc_id = str(enc["id"])
+    assert sorted(k for k in out["prompt"][enc_id]["inputs"] if k.startswith("image_")) == connected
+
+
+def test_workflow_built_in_the_frontend_runs(server, fe):
+    """make_workflows builds the graph by connecting image_1, then image_2 (which only exists once
+    image_1 is connected); the built workflow gives the same prompt as the shipped one and runs."""
+    name = "thinkdiff_in_context_reasoning"
+    built = fe.build(make_workflows.spec(name))
+    enc = next(n for n in built["nodes"] if n["type"] == "ThinkDiffVLMEncode")
+    assert [i["name"] for i in enc["inputs"] if i["name"].startswith("image_")] == ["image_1", "image_2", "image_3"]
+    api = fe.to_api(built)
+    with open(os.path.join(ROOT, "workflows", name + ".json")) as f:
+        shipped = fe.to_api(json.load(f))
+
+    def canon(p):   # node ids may differ: compare by the sorted (class, inputs) with links by class
+        cls = {k: v["class_type"] for k, v in p.items()}
+        return sorted(json.dumps([v["class_type"], {k: ([cls[x[0]], x[1]] if isinstance(x, list) else x)
+                                                    for k, x in v["inputs"].items()}], sort_keys=True)
+                      for v in p.values())
+    assert canon(api) == canon(shipped)
+    enc_inputs = next(v["inputs"] for v in api.values() if v["class_type"] == "ThinkDiffVLMEncode")
+    assert {k for k in enc_inputs if k.startswith("image_")} == {"image_1", "image_2"}
+    prompt = run_workflow.apply_overrides(api, **FAST, inputs={"ThinkDiffVLMEncode": {"max_new_tokens": 8}})
+    entry = server.run(prompt, timeout=600)
+    err = comfy_server.execution_error(entry)
+    assert err is None, f"execution error: {err and err.get('exception_message')}\n{server.log_tail(30)}"
+    assert entry["status"]["status_str"] == "success" and comfy_server.output_images(entry)

@@ -1,0 +1,130 @@
+// ThinkDiff: dynamic image slots on "VLM Encode Multimodal" (ThinkDiffVLMEncode).
+//
+// The node declares the optional inputs image_1 .. image_N. On the canvas we show only the image
+// slots up to the last connected one plus one empty slot (at most N, at least image_1): connecting
+// the last empty slot adds the next one, disconnecting trailing images removes the surplus empty
+// slots. Slots are never renamed or renumbered: only trailing, unconnected image slots are added or
+// removed, so links in saved workflows (which refer to slots by index) stay valid. The backend
+// receives the connected images by name (image_1 .. image_N), as before.
+import { app } from "../../scripts/app.js";
+
+const NODE_TYPE = "ThinkDiffVLMEncode";
+const IMAGE_RE = /^image_(\d+)$/;
+
+function imageSlots(node) {
+    const slots = [];
+    (node.inputs || []).forEach((input, index) => {
+        const m = IMAGE_RE.exec(input?.name ?? "");
+        if (m) slots.push({ index, n: Number(m[1]), input });
+    });
+    return slots;
+}
+
+function linkOf(graph, id) {
+    if (id == null || !graph) return null;
+    return graph._links?.get?.(id) ?? graph.links?.[id] ?? null;
+}
+
+// Insert an input slot at `index` and shift the target_slot of the links into the later slots
+// (what LGraphNode.removeInput does in reverse).
+function insertInput(node, index, name, type, extra) {
+    const slot = node.addInput(name, type, extra);
+    const from = node.inputs.indexOf(slot);
+    if (from !== index) {
+        node.inputs.splice(from, 1);
+        node.inputs.splice(index, 0, slot);
+        for (let i = index + 1; i < node.inputs.length; i++) {
+            const link = linkOf(node.graph, node.inputs[i]?.link);
+            if (link) link.target_slot = i;
+        }
+    }
+    return slot;
+}
+
+// Show image_1 .. image_k, k = last connected + 1 (clamped to [1, max]); `all`: show all max.
+function syncImageSlots(node, max, all = false) {
+    if (node.__thinkdiffSyncing) return;
+    node.__thinkdiffSyncing = true;
+    try {
+        let changed = false;
+        let slots = imageSlots(node);
+        const lastConnected = Math.max(0, ...slots.filter((s) => s.input.link != null).map((s) => s.n));
+        const keep = all ? max : Math.max(1, Math.min(max, lastConnected + 1));
+        // remove surplus empty image slots, last first (removeInput fixes the later links' slot indices)
+        for (const s of [...slots].reverse()) {
+            if (s.n > keep && s.input.link == null) {
+                node.removeInput(s.index);
+                changed = true;
+            }
+        }
+        // add the missing ones up to `keep`, each right after the image slot before it
+        for (let n = 1; n <= keep; n++) {
+            slots = imageSlots(node);
+            if (slots.some((s) => s.n === n)) continue;
+            const before = slots.filter((s) => s.n < n).map((s) => s.index);
+            const vlm = node.inputs.findIndex((i) => i.name === "vlm");
+            const at = before.length ? Math.max(...before) + 1 : vlm + 1;
+            insertInput(node, at, `image_${n}`, "IMAGE", { shape: 7, localized_name: `image_${n}` });
+            changed = true;
+        }
+        if (changed) {
+            const [w, h] = node.computeSize();
+            node.setSize([Math.max(node.size[0], w), h > node.size[1] ? h : node.size[1]]);
+            node.setDirtyCanvas?.(true, true);
+        }
+    } finally {
+        node.__thinkdiffSyncing = false;
+    }
+}
+
+app.registerExtension({
+    name: "thinkdiff.dynamicImageSlots",
+    async beforeRegisterNodeDef(nodeType, nodeData) {
+        if (nodeData?.name !== NODE_TYPE) return;
+        const declared = Object.keys(nodeData.input?.optional || {}).filter((k) => IMAGE_RE.test(k));
+        const max = Math.max(1, declared.length);
+
+        const onNodeCreated = nodeType.prototype.onNodeCreated;
+        nodeType.prototype.onNodeCreated = function () {
+            const r = onNodeCreated?.apply(this, arguments);
+            syncImageSlots(this, max);
+            const [w, h] = this.computeSize();   // a new node: fit the trimmed slot list
+            this.setSize([Math.max(this.size[0], w), h]);
+            return r;
+        };
+
+        // configure() (loading a workflow, paste, undo) merges the saved inputs by name into the
+        // node's current slot list (saved slots it lacks are appended at the end) and calls
+        // onConnectionsChange for every slot. So: show all image slots first (the saved ones keep
+        // their declared order), then sync once, afterwards, with the links in place.
+        const configure = nodeType.prototype.configure;
+        nodeType.prototype.configure = function () {
+            syncImageSlots(this, max, true);
+            this.__thinkdiffConfiguring = true;
+            try {
+                return configure.apply(this, arguments);
+            } finally {
+                this.__thinkdiffConfiguring = false;
+                syncImageSlots(this, max);
+            }
+        };
+
+        const onConnectionsChange = nodeType.prototype.onConnectionsChange;
+        nodeType.prototype.onConnectionsChange = function (type, index, connected, linkInfo, slot) {
+            const r = onConnectionsChange?.apply(this, arguments);
+            if (this.__thinkdiffConfiguring || type !== 1 /* LiteGraph.INPUT */) return r;
+            if (!IMAGE_RE.test(slot?.name ?? this.inputs?.[index]?.name ?? "")) return r;
+            if (connected) {
+                syncImageSlots(this, max);   // at once: a script may connect the new slot next
+            } else if (!this.__thinkdiffPending) {
+                // later: a disconnect may be the first half of replacing the link on this very slot
+                this.__thinkdiffPending = true;
+                queueMicrotask(() => {
+                    this.__thinkdiffPending = false;
+                    if (this.graph) syncImageSlots(this, max);
+                });
+            }
+            return r;
+        };
+    },
+});
