@@ -7,12 +7,11 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..thinkdiff_core.dtypes import DTYPES
 from . import _common as C
 
 ThinkDiffAligner = io.Custom("THINKDIFF_ALIGNER")
 ThinkDiffVLM = io.Custom("THINKDIFF_VLM")
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class LoadThinkDiffAligner(io.ComfyNode):

@@ -25,6 +25,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import comfy_server  # noqa: E402
 
 FLUX_FILE = "thinkdiff-demo-flux1-dev.safetensors"
 CLIP_FILE = "thinkdiff-demo-clip_l.safetensors"
@@ -42,10 +44,6 @@ DEMO_NAMES = {
     ("ThinkDiffLoadVLM", "vlm_name"): VLM_DIR,
     ("ThinkDiffLoadAligner", "aligner_name"): ALIGNER_FILE,
 }
-
-
-def default_comfyui_dir() -> str:
-    return os.environ.get("COMFYUI_DIR") or os.path.join(ROOT, ".comfyui")
 
 
 def _import_comfy(comfyui_dir: str):
@@ -140,7 +138,7 @@ def build_demo_models(models_dir: str, comfyui_dir: str | None = None, force: bo
     from thinkdiff_core.aligner import Aligner
     from thinkdiff_core.checkpoint import save_aligner
     from thinkdiff_core.tiny import build_tiny_aligner, build_tiny_qwen2vl, find_tokenizer
-    comfyui_dir = comfyui_dir or default_comfyui_dir()
+    comfyui_dir = comfyui_dir or comfy_server.comfyui_dir()
     out = {}
 
     def want(sub: str, name: str) -> tuple[str, bool]:

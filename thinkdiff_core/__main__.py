@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             info = read_checkpoint(args.file)[1]
             print(json.dumps(info.as_dict(), indent=2) if args.json else info.describe())
         else:
-            import torch
-            dtype = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+            from .dtypes import DTYPES
+            dtype = None if args.dtype == "keep" else DTYPES[args.dtype]
             if not args.dst.endswith(".safetensors"):
                 p.error(f"output must end in .safetensors: {args.dst}")
             info = convert(args.src, args.dst, dtype=dtype, source_vlm=args.source_vlm, t5=args.t5)

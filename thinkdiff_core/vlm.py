@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .dtypes import parse_dtype
 from .prompts import DEFAULT_SYSTEM, render_qwen_chat
 
 log = logging.getLogger("thinkdiff")
@@ -42,17 +43,9 @@ class VLMOutput:
 
 
 def _dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, bf16, fp16 or fp32")
-    return table[dtype]
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return parse_dtype(dtype)
 
 
 def check_model_folder(path: str | os.PathLike) -> dict:

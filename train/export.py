@@ -12,11 +12,11 @@ import torch
 
 from thinkdiff_core.aligner import Aligner
 from thinkdiff_core.checkpoint import read_checkpoint, save_aligner
+from thinkdiff_core.dtypes import DTYPES
 
 from .config import ExportConfig, require
 from .fit import checkpoints
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def load_fit_checkpoint(run: str) -> tuple[Aligner, dict, str]:

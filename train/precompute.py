@@ -20,13 +20,12 @@ import time
 
 import torch
 
+from thinkdiff_core.dtypes import DTYPES
 from thinkdiff_core.prompts import TRAINING_INSTRUCTIONS
 from thinkdiff_core.vlm import VLMEncoder
 
 from .config import PrecomputeConfig, require
 from .data import encode_sample, image_units
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def dist_env() -> tuple[int, int, int]:
