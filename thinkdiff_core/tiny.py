@@ -15,14 +15,23 @@ from .aligner import Aligner
 
 
 def find_tokenizer(name: str, comfyui_dir: str | os.PathLike | None = None) -> str:
-    """Folder of a tokenizer ComfyUI ships: name is 'qwen25_tokenizer' or 't5_tokenizer'."""
-    candidates = [comfyui_dir, os.environ.get("COMFYUI_DIR"),
-                  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".comfyui")]
-    for c in candidates:
+    """Folder of a tokenizer ComfyUI ships: name is 'qwen25_tokenizer' or 't5_tokenizer'.
+
+    Looked up in ``comfyui_dir``, else in the ComfyUI folder named by the COMFYUI_DIR variable."""
+    for c in (comfyui_dir, os.environ.get("COMFYUI_DIR")):
         if c and os.path.isdir(os.path.join(c, "comfy", "text_encoders", name)):
             return os.path.join(c, "comfy", "text_encoders", name)
-    raise FileNotFoundError(f"tokenizer folder comfy/text_encoders/{name} not found; set COMFYUI_DIR to a "
-                            f"ComfyUI checkout or run scripts/bootstrap.sh")
+    raise FileNotFoundError(f"tokenizer folder comfy/text_encoders/{name} not found (looked in "
+                            f"{comfyui_dir or '-'} and COMFYUI_DIR={os.environ.get('COMFYUI_DIR') or '(unset)'}); "
+                            f"pass a ComfyUI folder or set COMFYUI_DIR to one")
+
+
+@torch.no_grad()
+def _nontrivial_norm(weight: torch.Tensor, seed: int) -> None:
+    """Give a norm scale values far from 1 (random in [0.5, 1.5]): with an all-ones scale, tests could
+    not tell a normed state from an un-scaled one, nor a copied norm from a fresh one."""
+    g = torch.Generator().manual_seed(seed)
+    weight.copy_(0.5 + torch.rand(weight.shape, generator=g))
 
 
 def build_tiny_qwen2vl(dst: str | os.PathLike, tokenizer_dir: str | os.PathLike, hidden_size: int = 64,
@@ -59,6 +68,8 @@ def build_tiny_qwen2vl(dst: str | os.PathLike, tokenizer_dir: str | os.PathLike,
         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(cfg).eval()
+    from .vlm import find_final_norm
+    _nontrivial_norm(find_final_norm(model).weight, seed + 1)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(dst)
@@ -76,16 +87,20 @@ def build_tiny_aligner(in_dim: int, out_dim: int = 4096, hidden_dim: int | None 
 
 def build_tiny_t5(dst: str | os.PathLike, tokenizer_dir: str | os.PathLike, d_model: int = 64,
                   num_layers: int = 2, seed: int = 0) -> str:
-    """A random T5ForConditionalGeneration (flan-t5 layout: gated-gelu, untied head) + the real T5 tokenizer."""
+    """A random T5ForConditionalGeneration (flan-t5 layout: gated-gelu, untied head, dropout 0.1) + the
+    real T5 tokenizer. The final norms' scales are random, not ones."""
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
     dst = os.fspath(dst)
     tok = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir), local_files_only=True)
     cfg = T5Config(vocab_size=32128, d_model=d_model, d_kv=max(8, d_model // 4), d_ff=2 * d_model,
-                   num_layers=num_layers, num_decoder_layers=num_layers, num_heads=4,
+                   num_layers=num_layers, num_decoder_layers=num_layers, num_heads=4, dropout_rate=0.1,
                    feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
                    pad_token_id=0, eos_token_id=1)
     cfg.tie_word_embeddings = False   # transformers 5's T5Config ignores the constructor argument
     torch.manual_seed(seed)
-    T5ForConditionalGeneration(cfg).save_pretrained(dst)
+    model = T5ForConditionalGeneration(cfg)
+    _nontrivial_norm(model.encoder.final_layer_norm.weight, seed + 1)   # the aligner's norm is copied from it
+    _nontrivial_norm(model.decoder.final_layer_norm.weight, seed + 2)
+    model.save_pretrained(dst)
     tok.save_pretrained(dst)
     return dst

@@ -72,7 +72,7 @@ def check_model_folder(path: str | os.PathLike) -> dict:
     return cfg
 
 
-def _find_norm(model: torch.nn.Module) -> torch.nn.Module:
+def find_final_norm(model: torch.nn.Module) -> torch.nn.Module:
     for dotted in _NORM_PATHS:
         obj = model
         try:
@@ -102,7 +102,7 @@ class VLMEncoder:
 
     def __init__(self, model, processor, name: str = ""):
         self.model, self.processor, self.name = model, processor, name
-        self.norm = _find_norm(model)
+        self.norm = find_final_norm(model)
         self.tokenizer = processor.tokenizer
 
     @classmethod

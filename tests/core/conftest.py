@@ -3,12 +3,7 @@
 import pytest
 from PIL import Image
 
-from thinkdiff_core.tiny import build_tiny_qwen2vl, find_tokenizer
-
-
-@pytest.fixture(scope="session")
-def qwen_tokenizer_dir():
-    return find_tokenizer("qwen25_tokenizer")
+from thinkdiff_core.tiny import build_tiny_qwen2vl
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,37 @@
+"""Names of the official release and of the models it builds on, and where users put them.
+
+One home for the file and folder names that loaders, messages, workflows, the trainer's metadata
+and the docs show (the official checkpoints are ``Mifucius/ThinkDiff`` on Hugging Face).
+"""
+from __future__ import annotations
+
+# the official aligner checkpoints
+ALIGNER_LVLM_FILE = "thinkdiff_lvlm.pth"
+ALIGNER_CLIP_FILE = "thinkdiff_clip.pth"
+CHECKPOINT_REPO = "Mifucius/ThinkDiff"
+
+# the models the released aligners were trained with (Hugging Face ids, and the folder name users keep)
+VLM_REPO = "Qwen/Qwen2-VL-7B-Instruct"
+VLM_NAME = "Qwen2-VL-7B-Instruct"
+VLM_HIDDEN = 3584
+T5_REPO = "google/flan-t5-xxl"
+CLIP_VISION_REPO = "Salesforce/blip2-flan-t5-xxl"
+SOURCE_MODEL = {"lvlm": VLM_REPO, "clip": CLIP_VISION_REPO}
+
+# ComfyUI model folders (under ComfyUI/models/) and the FLUX.1-dev files the workflows load
+ALIGNER_FOLDER = "thinkdiff"
+VLM_FOLDER = "LLM"
+FLUX_FILES = {"diffusion_models": "flux1-dev.safetensors", "clip": "clip_l.safetensors", "vae": "ae.safetensors"}
+
+
+def where_vlm(root: str | None = None) -> str:
+    """What to do when the VLM folder is missing."""
+    return (f"Put the Qwen2-VL model folder (e.g. {VLM_NAME} from {VLM_REPO}: the whole Hugging Face folder "
+            f"with config.json, *.safetensors, tokenizer and preprocessor files) into "
+            f"{root or 'ComfyUI/models/' + VLM_FOLDER}")
+
+
+def where_aligner(root: str | None = None) -> str:
+    """What to do when the aligner file is missing."""
+    return (f"Put the ThinkDiff aligner ({ALIGNER_LVLM_FILE} from {CHECKPOINT_REPO}, or a .safetensors "
+            f"converted with `python -m thinkdiff_core convert`) into {root or 'ComfyUI/models/' + ALIGNER_FOLDER}")
