@@ -1,18 +1,17 @@
-"""Small adapters between ComfyUI's types and thinkdiff_core: model folders, images, memory."""
+"""Small adapters between ComfyUI and thinkdiff_core: model folders, images, the patcher module."""
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any
 
 import folder_paths
 import torch
 
+from ..thinkdiff_core import release
+from ..thinkdiff_core.release import ALIGNER_FOLDER, VLM_FOLDER
+
 log = logging.getLogger("thinkdiff")
 
-ALIGNER_FOLDER = "thinkdiff"
-VLM_FOLDER = "LLM"
 ALIGNER_EXTENSIONS = {".pth", ".safetensors"}
 
 
@@ -68,15 +67,12 @@ def vlm_path(name: str) -> str | None:
 
 def where_vlm() -> str:
     roots = folder_paths.get_folder_paths(VLM_FOLDER)
-    return (f"Put the Qwen2-VL model folder (e.g. Qwen2-VL-7B-Instruct, with config.json, *.safetensors "
-            f"and tokenizer files) into {roots[0] if roots else 'ComfyUI/models/LLM'} and restart or "
-            f"refresh ComfyUI")
+    return release.where_vlm(roots[0] if roots else None) + " and restart or refresh ComfyUI"
 
 
 def where_aligner() -> str:
     roots = folder_paths.get_folder_paths(ALIGNER_FOLDER)
-    return (f"Put the ThinkDiff aligner (thinkdiff_lvlm.pth from the official release, or a converted "
-            f".safetensors) into {roots[0] if roots else 'ComfyUI/models/thinkdiff'}")
+    return release.where_aligner(roots[0] if roots else None)
 
 
 def images_to_pil(*images: torch.Tensor | None) -> list:
@@ -104,42 +100,3 @@ class PatcherModule(torch.nn.Module):
         super().__init__()
         self.hf_model = model
         self.device = device
-
-
-@dataclass
-class LoadedAligner:
-    """What flows through a THINKDIFF_ALIGNER socket."""
-    module: Any            # thinkdiff_core.aligner.Aligner
-    info: Any              # thinkdiff_core.checkpoint.AlignerInfo
-    name: str
-
-    @property
-    def in_dim(self) -> int:
-        return int(self.info.in_dim)
-
-
-@dataclass
-class LoadedVLM:
-    """What flows through a THINKDIFF_VLM socket: the encoder and the ModelPatcher ComfyUI manages."""
-    encoder: Any           # thinkdiff_core.vlm.VLMEncoder
-    patcher: Any           # comfy.model_patcher.ModelPatcher
-    name: str
-    keep_loaded: bool = True
-    dtype: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def load(self) -> None:
-        import comfy.model_management as mm
-        mm.load_models_gpu([self.patcher], force_full_load=True)
-
-    def release(self) -> None:
-        """Move the VLM back to its offload device (unless it should stay loaded)."""
-        if self.keep_loaded:
-            return
-        import comfy.model_management as mm
-        for i in range(len(mm.current_loaded_models) - 1, -1, -1):
-            loaded = mm.current_loaded_models[i]
-            if loaded.model is self.patcher:
-                if loaded.model_unload():
-                    mm.current_loaded_models.pop(i)
-        mm.soft_empty_cache()

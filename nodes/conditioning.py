@@ -3,29 +3,24 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..thinkdiff_core.conditioning import DEFAULT_GUIDANCE, MODES
 from . import _common as C
-from .encode import ThinkDiffEmbeds
-from .loaders import ThinkDiffAligner
+from .types import ThinkDiffAligner, ThinkDiffEmbeds
 
 
 def empty_prompt_pooled(clip):
-    """CLIP-L's unprojected pooled output of the empty prompt (what ThinkDiff feeds FLUX), [1, 768]."""
+    """CLIP's unprojected pooled output of the empty prompt (what ThinkDiff feeds FLUX)."""
     out = clip.encode_from_tokens(clip.tokenize(""), return_pooled="unprojected", return_dict=True)
     pooled = out.get("pooled_output")
     if pooled is None:
         raise ValueError("the CLIP input gave no pooled output; connect a CLIP-L text encoder "
                          "(CLIPLoader with clip_l.safetensors, or a FLUX DualCLIPLoader)")
-    if pooled.shape[-1] > 768:   # e.g. an SD3-style CLIP: CLIP-L's pooled vector comes first
-        pooled = pooled[..., :768]
-    elif pooled.shape[-1] < 768:
-        raise ValueError(f"the CLIP input's pooled output has size {pooled.shape[-1]}; FLUX needs CLIP-L's 768")
     return pooled
 
 
 class ThinkDiffConditioning(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from ..thinkdiff_core.conditioning import MODES
         return io.Schema(
             node_id="ThinkDiffConditioning", display_name="ThinkDiff Conditioning", category="ThinkDiff",
             description="Maps the VLM's generated-token states through the aligner into FLUX's T5 space and "
@@ -50,7 +45,7 @@ class ThinkDiffConditioning(io.ComfyNode):
                                tooltip="Multiplies the aligned VLM tokens."),
                 io.Float.Input("text_strength", default=1.0, min=0.0, max=10.0, step=0.05,
                                tooltip="Multiplies the text conditioning's tokens (aligned_first / text_first)."),
-                io.Float.Input("guidance", default=3.5, min=0.0, max=100.0, step=0.1,
+                io.Float.Input("guidance", default=DEFAULT_GUIDANCE, min=0.0, max=100.0, step=0.1,
                                tooltip="FLUX-dev distilled guidance (3.5 as in the paper)."),
             ],
             outputs=[io.Conditioning.Output()],
@@ -60,26 +55,17 @@ class ThinkDiffConditioning(io.ComfyNode):
     def execute(cls, aligner, embeds, mode, aligned_strength, text_strength, guidance, clip=None,
                 conditioning=None) -> io.NodeOutput:
         import comfy.model_management as mm
-        from ..thinkdiff_core.conditioning import align, combine, pooled_vector
-        if embeds["hidden_size"] != aligner.in_dim:
-            raise ValueError(f"the VLM '{embeds['vlm_name']}' has hidden size {embeds['hidden_size']} but the "
-                             f"aligner '{aligner.name}' expects {aligner.in_dim}: this aligner was trained for a "
-                             f"different VLM (thinkdiff_lvlm.pth needs Qwen2-VL-7B-Instruct, hidden size 3584)")
-        aligned = align(aligner.module, embeds["hidden"])          # [1, N, 4096] float32
-        text = None
-        pooled = None
+        from ..thinkdiff_core.conditioning import build_flux_conditioning
+        text = text_pooled = None
         if conditioning:
             if len(conditioning) > 1:
                 C.log.warning("ThinkDiff: the text conditioning has %d entries; only the first is used",
                               len(conditioning))
-            text = conditioning[0][0]
-            pooled = conditioning[0][1].get("pooled_output")
-        if mode != "replace" and text is None:
-            C.log.warning("ThinkDiff: mode %s without a text conditioning: using the aligned tokens only", mode)
-        if clip is not None:
-            pooled = empty_prompt_pooled(clip)
-        cond = combine(aligned, text, mode, aligned_strength, text_strength)
-        pooled = pooled_vector(pooled, batch=cond.shape[0])
+            text, text_pooled = conditioning[0][0], conditioning[0][1].get("pooled_output")
+        cond = build_flux_conditioning(
+            aligner.module, embeds, aligner_name=aligner.name, text=text, text_pooled=text_pooled,
+            empty_prompt_pooled=empty_prompt_pooled(clip) if clip is not None else None, mode=mode,
+            aligned_strength=aligned_strength, text_strength=text_strength, guidance=guidance)
         device = mm.intermediate_device()
-        return io.NodeOutput([[cond.float().to(device),
-                               {"pooled_output": pooled.float().to(device), "guidance": guidance}]])
+        return io.NodeOutput([[cond.tokens.to(device),
+                               {"pooled_output": cond.pooled.to(device), "guidance": cond.guidance}]])

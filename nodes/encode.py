@@ -4,9 +4,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import _common as C
-from .loaders import ThinkDiffVLM
+from .types import ThinkDiffEmbeds, ThinkDiffVLM
 
-ThinkDiffEmbeds = io.Custom("THINKDIFF_EMBEDS")
 MAX_IMAGES = 6
 PRESET_HELP = ("in_context: the paper's reasoning prompt; text = one word per image plus the query word, e.g. "
                "'red, blue, green' for two images. image_text: the images, then your instruction. "
@@ -52,9 +51,10 @@ class VLMEncodeMultimodal(io.ComfyNode):
                 **images) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
-        from ..thinkdiff_core.prompts import build_content
+        from ..thinkdiff_core.conditioning import ThinkDiffEmbeds as Embeds
+        from ..thinkdiff_core.prompts import build_prompt
         pil = C.images_to_pil(*(images.get(f"image_{i}") for i in range(1, MAX_IMAGES + 1)))
-        content = build_content(preset, pil, text)   # PromptError (ValueError) explains what is missing
+        prompt = build_prompt(preset, pil, text)   # PromptError (ValueError) explains what is missing
         pbar = comfy.utils.ProgressBar(max_new_tokens)
 
         def on_token(k: int, n: int) -> None:
@@ -65,13 +65,12 @@ class VLMEncodeMultimodal(io.ComfyNode):
         mm.throw_exception_if_processing_interrupted()
         vlm.load()
         try:
-            out = vlm.encoder.generate(content, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
+            out = vlm.encoder.generate(prompt, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
                                        do_sample=temperature > 0, temperature=temperature, top_p=top_p,
                                        seed=seed, on_token=on_token)
         finally:
             vlm.release()
-        embeds = {"hidden": out.hidden.float().to(mm.intermediate_device()), "token_ids": out.token_ids,
-                  "text": out.text, "vlm_name": vlm.name, "hidden_size": int(out.hidden.shape[-1]),
-                  "preset": preset, "num_images": len(pil)}
+        embeds = Embeds.from_vlm_output(out, source=vlm.name, preset=preset, num_images=len(pil),
+                                        device=mm.intermediate_device())
         C.log.info("ThinkDiff: %s generated %d tokens: %r", vlm.name, len(out.token_ids), out.text[:200])
         return io.NodeOutput(embeds, out.text, ui={"text": [out.text]})

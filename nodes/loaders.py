@@ -4,14 +4,12 @@ from __future__ import annotations
 import os
 
 import folder_paths
-import torch
 from comfy_api.latest import io
 
-from ..thinkdiff_core.dtypes import DTYPES
+from ..thinkdiff_core import dtypes
+from ..thinkdiff_core.release import ALIGNER_FOLDER, ALIGNER_LVLM_FILE, VLM_FOLDER, VLM_NAME
 from . import _common as C
-
-ThinkDiffAligner = io.Custom("THINKDIFF_ALIGNER")
-ThinkDiffVLM = io.Custom("THINKDIFF_VLM")
+from .types import LoadedAligner, LoadedVLM, ThinkDiffAligner, ThinkDiffVLM
 
 
 class LoadThinkDiffAligner(io.ComfyNode):
@@ -19,12 +17,12 @@ class LoadThinkDiffAligner(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ThinkDiffLoadAligner", display_name="Load ThinkDiff Aligner", category="ThinkDiff",
-            description="Loads a ThinkDiff aligner (VLM hidden states -> FLUX's T5 space) from models/thinkdiff.",
+            description=f"Loads a ThinkDiff aligner (VLM hidden states -> FLUX's T5 space) from models/{ALIGNER_FOLDER}.",
             inputs=[
                 io.Combo.Input("aligner_name", options=C.aligner_files(),
-                               tooltip="Aligner file in models/thinkdiff: the official thinkdiff_lvlm.pth "
+                               tooltip=f"Aligner file in models/{ALIGNER_FOLDER}: the official {ALIGNER_LVLM_FILE} "
                                        "or a .safetensors converted with `python -m thinkdiff_core convert`."),
-                io.Combo.Input("dtype", options=["fp32", "bf16", "fp16"], default="fp32",
+                io.Combo.Input("dtype", options=dtypes.choices(), default="fp32",
                                tooltip="Precision of the aligner weights. It is small (31.5 M parameters); "
                                        "fp32 is exact and cheap."),
             ],
@@ -33,32 +31,19 @@ class LoadThinkDiffAligner(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, aligner_name):
-        if folder_paths.get_full_path(C.ALIGNER_FOLDER, aligner_name) is None:
-            return f"aligner file '{aligner_name}' not found in models/thinkdiff. {C.where_aligner()}."
+        if folder_paths.get_full_path(ALIGNER_FOLDER, aligner_name) is None:
+            return f"aligner file '{aligner_name}' not found in models/{ALIGNER_FOLDER}. {C.where_aligner()}."
         return True
 
     @classmethod
     def execute(cls, aligner_name, dtype) -> io.NodeOutput:
         from ..thinkdiff_core.checkpoint import load_aligner
-        path = folder_paths.get_full_path_or_raise(C.ALIGNER_FOLDER, aligner_name)
+        path = folder_paths.get_full_path_or_raise(ALIGNER_FOLDER, aligner_name)
         # AlignerFileError is a ValueError whose message names the file and the problem; ComfyUI shows it.
-        module, info = load_aligner(path, dtype=DTYPES[dtype], device="cpu")
+        module, info = load_aligner(path, dtype=dtypes.parse_dtype(dtype), device="cpu")
         C.log.info("ThinkDiff: loaded aligner %s (%s, %s -> %s)", aligner_name, info.variant, info.in_dim,
                    info.out_dim)
-        return io.NodeOutput(C.LoadedAligner(module=module, info=info, name=aligner_name))
-
-
-def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    import comfy.model_management as mm
-    if name != "auto":
-        return DTYPES[name]
-    if device.type == "cpu":
-        return torch.float32
-    if mm.should_use_bf16(device, prioritize_performance=False):
-        return torch.bfloat16
-    if mm.should_use_fp16(device, prioritize_performance=False):
-        return torch.float16
-    return torch.float32
+        return io.NodeOutput(LoadedAligner(module=module, info=info, name=aligner_name))
 
 
 class LoadThinkDiffVLM(io.ComfyNode):
@@ -66,14 +51,14 @@ class LoadThinkDiffVLM(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ThinkDiffLoadVLM", display_name="Load ThinkDiff VLM", category="ThinkDiff",
-            description="Loads a Qwen2-VL model folder from models/LLM (local files only, never downloads). "
-                        "ComfyUI's memory manager moves it to the GPU when it runs and can offload it "
-                        "when FLUX needs the memory.",
+            description=f"Loads a Qwen2-VL model folder from models/{VLM_FOLDER} (local files only, never "
+                        "downloads). ComfyUI's memory manager moves it to the GPU when it runs and can "
+                        "offload it when FLUX needs the memory.",
             inputs=[
                 io.Combo.Input("vlm_name", options=C.vlm_folders(),
-                               tooltip="Model folder in models/LLM, e.g. Qwen2-VL-7B-Instruct (the VLM the "
+                               tooltip=f"Model folder in models/{VLM_FOLDER}, e.g. {VLM_NAME} (the VLM the "
                                        "released ThinkDiff aligner was trained on)."),
-                io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
+                io.Combo.Input("dtype", options=dtypes.choices(auto=True), default=dtypes.AUTO,
                                tooltip="Weight precision. auto: bf16 on GPUs that support it, else fp16; "
                                        "fp32 on CPU."),
                 io.Boolean.Input("keep_loaded", default=True,
@@ -86,7 +71,7 @@ class LoadThinkDiffVLM(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, vlm_name):
         if C.vlm_path(vlm_name) is None:
-            return f"VLM folder '{vlm_name}' not found in models/LLM. {C.where_vlm()}."
+            return f"VLM folder '{vlm_name}' not found in models/{VLM_FOLDER}. {C.where_vlm()}."
         return True
 
     @classmethod
@@ -96,14 +81,17 @@ class LoadThinkDiffVLM(io.ComfyNode):
         from ..thinkdiff_core.vlm import VLMEncoder, VLMLoadError
         path = C.vlm_path(vlm_name)
         if path is None:
-            raise VLMLoadError(f"VLM folder '{vlm_name}' not found in models/LLM. {C.where_vlm()}.")
+            raise VLMLoadError(f"VLM folder '{vlm_name}' not found in models/{VLM_FOLDER}. {C.where_vlm()}.")
         load_device = mm.get_torch_device()
         offload_device = mm.text_encoder_offload_device()
-        torch_dtype = _resolve_dtype(dtype, load_device)
+        # "auto" follows ComfyUI's own judgement of the device
+        torch_dtype = dtypes.resolve_dtype(
+            dtype, load_device, bf16_supported=mm.should_use_bf16(load_device, prioritize_performance=False),
+            fp16_supported=mm.should_use_fp16(load_device, prioritize_performance=False))
         encoder = VLMEncoder.from_pretrained(path, dtype=torch_dtype, device=offload_device)
-        patcher = comfy.model_patcher.ModelPatcher(C.PatcherModule(encoder.model, offload_device), load_device=load_device,
-                                                   offload_device=offload_device)
+        patcher = comfy.model_patcher.ModelPatcher(C.PatcherModule(encoder.model, offload_device),
+                                                   load_device=load_device, offload_device=offload_device)
         C.log.info("ThinkDiff: loaded VLM %s (%s, hidden size %d; runs on %s)", vlm_name, torch_dtype,
                    encoder.hidden_size, load_device)
-        return io.NodeOutput(C.LoadedVLM(encoder=encoder, patcher=patcher, name=os.path.basename(vlm_name),
-                                         keep_loaded=keep_loaded, dtype=str(torch_dtype)))
+        return io.NodeOutput(LoadedVLM(encoder=encoder, patcher=patcher, name=os.path.basename(vlm_name),
+                                       keep_loaded=keep_loaded, dtype=dtypes.dtype_name(torch_dtype)))

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .aligner import CLIP_IN_DIM, LVLM_IN_DIM, Aligner
+from .release import ALIGNER_CLIP_FILE, ALIGNER_LVLM_FILE, SOURCE_MODEL, T5_REPO
 
 FORMAT_NAME = "thinkdiff-aligner"
 FORMAT_VERSION = "1"
@@ -98,8 +99,8 @@ def _check_state_dict(path: str, sd: dict) -> tuple[int, int, int]:
 def _read_pth(path: str) -> tuple[dict, bool]:
     if not zipfile.is_zipfile(path):
         raise AlignerFileError(path, "not a PyTorch checkpoint (no zip archive; truncated or a different "
-                                     "kind of file). Expected the official thinkdiff_lvlm.pth / "
-                                     "thinkdiff_clip.pth or a .safetensors aligner")
+                                     f"kind of file). Expected the official {ALIGNER_LVLM_FILE} / "
+                                     f"{ALIGNER_CLIP_FILE} or a .safetensors aligner")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle with non-tensor objects, corrupt archive, ...
@@ -179,9 +180,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype |
             source_vlm: str | None = None, t5: str | None = None) -> AlignerInfo:
     """Official ``.pth`` (or any aligner file) -> our safetensors format; returns the new file's info."""
     aligner, info = load_aligner(src)
-    default_vlm = {"lvlm": "Qwen/Qwen2-VL-7B-Instruct", "clip": "Salesforce/blip2-flan-t5-xxl"}.get(info.variant, "")
+    default_vlm = SOURCE_MODEL.get(info.variant, "")
     save_aligner(aligner, dst, variant=info.variant, dtype=dtype,
                  source_vlm=source_vlm if source_vlm is not None else info.metadata.get("source_vlm", default_vlm),
-                 t5=t5 if t5 is not None else info.metadata.get("t5", "google/flan-t5-xxl"),
+                 t5=t5 if t5 is not None else info.metadata.get("t5", T5_REPO),
                  extra={"converted_from": os.path.basename(os.fspath(src))})
     return read_checkpoint(dst)[1]

@@ -1,39 +1,90 @@
-"""From VLM hidden states to FLUX prompt embeddings (spec sections 4.1 and 4.3).
+"""From VLM hidden states to what FLUX reads (docs/method.md §4.1 and §4.3).
 
-FLUX reads [B, L, 4096] T5-XXL encoder states plus a CLIP-L pooled vector [B, 768]. ThinkDiff's LVLM
-variant replaces the T5 states by the aligned VLM rows; optionally they are combined with real T5
-text states (concatenated before or after, each part with its own strength).
+FLUX reads [B, L, 4096] T5-XXL encoder states plus a CLIP-L pooled vector [B, 768] and a distilled
+guidance value. ThinkDiff's LVLM variant replaces the T5 states by the aligned VLM rows; optionally
+they are combined with real T5 text states (concatenated before or after, each part with its own
+strength). Everything here is plain torch: the ComfyUI node only adapts its types to these calls.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .aligner import Aligner
+from .release import VLM_HIDDEN, VLM_NAME
+
+if TYPE_CHECKING:   # the aligner module imports transformers; keep this module cheap to import
+    from .aligner import Aligner
 
 log = logging.getLogger("thinkdiff")
 
 POOLED_DIM = 768
 MODES = ("replace", "aligned_first", "text_first")
+DEFAULT_GUIDANCE = 3.5   # FLUX-dev distilled guidance of the official scripts
+
+
+@dataclass
+class ThinkDiffEmbeds:
+    """The VLM's reading of the images and text: one final-norm row per generated token."""
+    hidden: torch.Tensor       # [N, D] float, row k produced generated token k
+    token_ids: torch.Tensor    # [N]
+    text: str                  # the generated text
+    source: str                # the VLM's name (folder), for messages
+    preset: str = "custom"
+    num_images: int = 0
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hidden.shape[-1])
+
+    @classmethod
+    def from_vlm_output(cls, out, source: str, preset: str = "custom", num_images: int = 0,
+                        device: str | torch.device = "cpu") -> "ThinkDiffEmbeds":
+        """From :class:`thinkdiff_core.vlm.VLMOutput`."""
+        return cls(hidden=out.hidden.float().to(device), token_ids=out.token_ids.cpu(), text=out.text,
+                   source=source, preset=preset, num_images=num_images)
+
+
+@dataclass
+class FluxConditioning:
+    """FLUX's text conditioning: prompt embeddings, CLIP-L pooled vector, distilled guidance."""
+    tokens: torch.Tensor       # [B, L, 4096] float32
+    pooled: torch.Tensor       # [B, 768] float32
+    guidance: float = DEFAULT_GUIDANCE
+
+
+class IncompatibleError(ValueError):
+    """The aligner was trained for another VLM (hidden sizes differ)."""
+
+
+def check_compatible(aligner_in_dim: int, hidden_size: int, aligner_name: str = "", vlm_name: str = "") -> None:
+    """A clear error, naming both models, when the VLM's rows cannot go through the aligner."""
+    if hidden_size != aligner_in_dim:
+        vlm = f"the VLM '{vlm_name}'" if vlm_name else "the VLM"
+        aligner = f"the aligner '{aligner_name}'" if aligner_name else "the aligner"
+        raise IncompatibleError(
+            f"{vlm} has hidden size {hidden_size} but {aligner} expects "
+            f"{aligner_in_dim}: this aligner was trained for a different VLM (the released "
+            f"aligner needs {VLM_NAME}, hidden size {VLM_HIDDEN})")
 
 
 @torch.inference_mode()
-def align(aligner: Aligner, hidden: torch.Tensor) -> torch.Tensor:
+def align(aligner: "Aligner", hidden: torch.Tensor) -> torch.Tensor:
     """VLM rows [N, D] or [B, N, D] -> aligned prompt embeddings [B, N, out_dim] in float32."""
     if hidden.ndim == 2:
         hidden = hidden.unsqueeze(0)
     if hidden.ndim != 3:
         raise ValueError(f"expected hidden states [N, D] or [B, N, D], got {tuple(hidden.shape)}")
-    if hidden.shape[-1] != aligner.in_dim:
-        raise ValueError(f"the VLM's hidden size is {hidden.shape[-1]} but the aligner expects {aligner.in_dim}: "
-                         f"this aligner was trained for a different VLM")
+    check_compatible(aligner.in_dim, hidden.shape[-1])
     return aligner(hidden).float()
 
 
 def pooled_vector(pooled: torch.Tensor | None, batch: int = 1, dim: int = POOLED_DIM) -> torch.Tensor:
-    """The CLIP-L pooled vector FLUX needs. ThinkDiff uses CLIP-L's pooled output of the empty prompt;
-    zeros are a fallback and are logged, since they change FLUX's global modulation."""
+    """The CLIP-L pooled vector FLUX needs, [batch, 768]. ThinkDiff uses CLIP-L's pooled output of the
+    empty prompt; zeros are a fallback and are logged, since they change FLUX's global modulation. A
+    wider vector (an SD3-style [CLIP-L ; CLIP-G] pooled output) gives its CLIP-L part, the first 768."""
     if pooled is None:
         log.warning("ThinkDiff: no CLIP-L pooled vector given, using zeros; connect a CLIP-L text "
                     "encoder for results faithful to the paper (pooled output of the empty prompt)")
@@ -41,6 +92,9 @@ def pooled_vector(pooled: torch.Tensor | None, batch: int = 1, dim: int = POOLED
     pooled = pooled.float()
     if pooled.ndim == 1:
         pooled = pooled.unsqueeze(0)
+    if pooled.shape[-1] < dim:
+        raise ValueError(f"the pooled vector has size {pooled.shape[-1]}; FLUX needs CLIP-L's {dim}")
+    pooled = pooled[..., :dim]
     if pooled.shape[0] != batch:
         pooled = pooled[:1].expand(batch, -1)
     return pooled
@@ -70,3 +124,25 @@ def combine(aligned: torch.Tensor, text: torch.Tensor | None = None, mode: str =
         else:
             raise ValueError(f"batch sizes differ: aligned {a.shape[0]}, text {t.shape[0]}")
     return torch.cat([a, t] if mode == "aligned_first" else [t, a], dim=1)
+
+
+def build_flux_conditioning(aligner: "Aligner", embeds: ThinkDiffEmbeds, *, aligner_name: str = "",
+                            text: torch.Tensor | None = None, text_pooled: torch.Tensor | None = None,
+                            empty_prompt_pooled: torch.Tensor | None = None, mode: str = "replace",
+                            aligned_strength: float = 1.0, text_strength: float = 1.0,
+                            guidance: float = DEFAULT_GUIDANCE) -> FluxConditioning:
+    """The whole ThinkDiff-LVLM conditioning (docs/method.md §4.1).
+
+    text / text_pooled: an optional FLUX text conditioning (T5 states and its pooled vector) for the
+    aligned_first / text_first modes. The pooled vector is CLIP-L's output for the empty prompt when
+    given (the paper), else the text conditioning's, else zeros (logged).
+    """
+    check_compatible(aligner.in_dim, embeds.hidden_size, aligner_name, embeds.source)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode != "replace" and text is None:
+        log.warning("ThinkDiff: mode %s without a text conditioning: using the aligned tokens only", mode)
+    tokens = combine(align(aligner, embeds.hidden), text, mode, aligned_strength, text_strength)
+    pooled = empty_prompt_pooled if empty_prompt_pooled is not None else text_pooled
+    return FluxConditioning(tokens=tokens, pooled=pooled_vector(pooled, batch=tokens.shape[0]),
+                            guidance=float(guidance))

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import os
 
-DEFAULT_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "demo_core")
+
+
+def default_cache() -> str:
+    """$XDG_CACHE_HOME/thinkdiff/demo_core (~/.cache/... when unset): the tiny models are rebuilt there once."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "thinkdiff", "demo_core")
 
 
 def demo_images():
@@ -19,24 +24,26 @@ def demo_images():
     return [Image.fromarray(data.chelsea()).resize((96, 64)), Image.fromarray(data.coffee()).resize((96, 64))]
 
 
-def run(cache: str = DEFAULT_CACHE, max_new_tokens: int = 128, seed: int = 0) -> dict:
+def run(cache: str | None = None, max_new_tokens: int = 128, seed: int = 0, comfyui_dir: str | None = None) -> dict:
+    """``comfyui_dir``: a ComfyUI folder whose shipped Qwen2 tokenizer the tiny VLM uses (else $COMFYUI_DIR)."""
     import torch
 
     from .checkpoint import load_aligner, save_aligner
     from .conditioning import align, pooled_vector
-    from .prompts import build_content
+    from .prompts import build_prompt
     from .tiny import build_tiny_aligner, build_tiny_qwen2vl, find_tokenizer
     from .vlm import VLMEncoder
 
+    cache = cache or default_cache()
     vlm_dir, aligner_path = os.path.join(cache, "tiny-qwen2-vl"), os.path.join(cache, "tiny_aligner.safetensors")
     if not os.path.isfile(os.path.join(vlm_dir, "config.json")):
-        build_tiny_qwen2vl(vlm_dir, find_tokenizer("qwen25_tokenizer"))
+        build_tiny_qwen2vl(vlm_dir, find_tokenizer("qwen25_tokenizer", comfyui_dir))
     encoder = VLMEncoder.from_pretrained(vlm_dir, dtype="fp32")
     if not os.path.isfile(aligner_path):
         save_aligner(build_tiny_aligner(encoder.hidden_size), aligner_path, source_vlm="tiny-qwen2-vl (random)")
     aligner, _ = load_aligner(aligner_path)
-    content = build_content("in_context", demo_images(), "cat, coffee, dog")
-    out = encoder.generate(content, max_new_tokens=max_new_tokens, seed=seed)
+    prompt = build_prompt("in_context", demo_images(), "cat, coffee, dog")
+    out = encoder.generate(prompt, max_new_tokens=max_new_tokens, seed=seed)
     embeds = align(aligner, out.hidden)
     pooled = pooled_vector(torch.zeros(1, 768))   # a real graph takes CLIP-L's pooled output of ""
     return {"text": out.text, "tokens": int(out.token_ids.numel()), "rows": tuple(out.hidden.shape),

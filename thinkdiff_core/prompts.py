@@ -1,12 +1,14 @@
 """Prompt formats of the paper (spec sections 2.2 and 4.1), as data plus a Qwen2-VL chat renderer.
 
 A *content* list interleaves ``str`` and image items (PIL images) in the order the VLM reads them.
-``render_qwen_chat`` turns it into the exact text Qwen2-VL's chat template would produce with
-``add_generation_prompt=True, add_vision_id=True`` ("Picture i: " before each image).
+A :class:`Prompt` pairs it with the one template choice the official scripts differ in: whether
+"Picture i: " is written before each image (``add_vision_id``). ``render_qwen_chat`` turns it into the
+exact text Qwen2-VL's chat template produces with ``add_generation_prompt=True``.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -49,6 +51,19 @@ class PromptError(ValueError):
     pass
 
 
+@dataclass
+class Prompt:
+    """What the VLM reads: interleaved text and images, and whether Qwen2-VL's chat template writes
+    "Picture i: " before each image (``add_vision_id``), as the official script for that use did."""
+    content: list
+    add_vision_id: bool
+    preset: str = "custom"
+
+    @property
+    def images(self) -> list:
+        return [c for c in self.content if is_image(c)]
+
+
 def is_image(item: Any) -> bool:
     return not isinstance(item, str)
 
@@ -77,26 +92,45 @@ def in_context_content(words: Sequence[str], images: Sequence[Any],
     return content
 
 
-def build_content(preset: str, images: Sequence[Any], text: str = "") -> list:
-    """Interleaved content for one of the node presets."""
+def caption_prompt(image: Any, instruction: str) -> Prompt:
+    """The official single-image format: [image, instruction], plain chat template (no "Picture 1: ").
+    Used for the training captions (docs/method.md §2.2) and the image_text preset (§4.1)."""
+    return Prompt([image, instruction], add_vision_id=False, preset="image_text")
+
+
+def build_prompt(preset: str, images: Sequence[Any], text: str = "") -> Prompt:
+    """The prompt of one of the node presets.
+
+    in_context: the official multi-image reasoning script: instruction, "Word i: x, " + picture i,
+      the query word; vision ids on (``add_vision_id=True``).
+    image_text: the official single-image path: the image, then the instruction, no vision ids. With
+      several images, vision ids are on (as the official multi-image script) so the text can refer to
+      "Picture 2".
+    two_images: ours (the official LVLM code has no two-image demo): both images with vision ids, then
+      the fusing instruction (after the user's text, if any).
+    custom: images then text as given; vision ids only with more than one image.
+    """
     images = list(images)
     if preset == "in_context":
-        return in_context_content(split_words(text), images)
+        return Prompt(in_context_content(split_words(text), images), add_vision_id=True, preset=preset)
     if preset == "image_text":
         if not images:
             raise PromptError("the image + text preset needs one image (got none)")
         if not text.strip():
             raise PromptError("the image + text preset needs an instruction text, e.g. "
                               "'Create a diffusion prompt for a dog in the style of this picture.'")
-        return [*images, text]
+        if len(images) == 1:
+            return caption_prompt(images[0], text)
+        return Prompt([*images, text], add_vision_id=True, preset=preset)
     if preset == "two_images":
         if len(images) != 2:
             raise PromptError(f"the two-images preset needs exactly 2 images, got {len(images)}")
-        return [*images, (text.strip() + " " if text.strip() else "") + TWO_IMAGES_INSTRUCTION]
+        return Prompt([*images, (text.strip() + " " if text.strip() else "") + TWO_IMAGES_INSTRUCTION],
+                      add_vision_id=True, preset=preset)
     if preset == "custom":
         if not images and not text.strip():
             raise PromptError("nothing to encode: give at least one image or a text")
-        return [*images, text] if text else images
+        return Prompt([*images, text] if text else images, add_vision_id=len(images) > 1, preset=preset)
     raise PromptError(f"unknown prompt preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
 

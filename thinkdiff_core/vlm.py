@@ -15,8 +15,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .dtypes import parse_dtype
-from .prompts import DEFAULT_SYSTEM, render_qwen_chat
+from .dtypes import resolve_dtype
+from .prompts import DEFAULT_SYSTEM, Prompt, render_qwen_chat
+from .release import VLM_FOLDER, VLM_NAME
 
 log = logging.getLogger("thinkdiff")
 
@@ -42,18 +43,12 @@ class VLMOutput:
     prompt_len: int            # prompt length in tokens (image pads expanded)
 
 
-def _dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return parse_dtype(dtype)
-
-
 def check_model_folder(path: str | os.PathLike) -> dict:
     """Check a local HF model folder before loading; return its config dict. Clear errors otherwise."""
     import json
     path = os.fspath(path)
-    where = ("Put a Qwen2-VL model folder (config.json, *.safetensors, tokenizer and preprocessor files, "
-             "e.g. Qwen2-VL-7B-Instruct) under ComfyUI's models/LLM/.")
+    where = (f"Put a Qwen2-VL model folder (config.json, *.safetensors, tokenizer and preprocessor files, "
+             f"e.g. {VLM_NAME}) under ComfyUI's models/{VLM_FOLDER}/.")
     if not os.path.isdir(path):
         raise VLMLoadError(f"VLM folder not found: {path}. {where}")
     cfg_path = os.path.join(path, "config.json")
@@ -85,6 +80,12 @@ def find_final_norm(model: torch.nn.Module) -> torch.nn.Module:
     raise AttributeError(f"cannot find the language model's final norm in {type(model).__name__}")
 
 
+def _unpack(content: Prompt | Sequence[Any], add_vision_id: bool | None) -> tuple[list, bool]:
+    if isinstance(content, Prompt):
+        return content.content, content.add_vision_id if add_vision_id is None else add_vision_id
+    return list(content), True if add_vision_id is None else add_vision_id
+
+
 class _TokenCallback:
     """A stopping criterion that never stops: it reports progress (and lets the callback raise,
     e.g. ComfyUI's interrupt exception) after each generated token."""
@@ -113,7 +114,7 @@ class VLMEncoder:
         cfg = check_model_folder(path)
         device = torch.device(device)
         model_cls = getattr(transformers, FAMILIES[cfg["model_type"]])
-        model = model_cls.from_pretrained(os.fspath(path), dtype=_dtype(dtype, device), local_files_only=True,
+        model = model_cls.from_pretrained(os.fspath(path), dtype=resolve_dtype(dtype, device), local_files_only=True,
                                           attn_implementation=attn_implementation)
         processor = transformers.AutoProcessor.from_pretrained(os.fspath(path), local_files_only=True)
         return cls(model.to(device).eval().requires_grad_(False), processor, name=os.path.basename(os.fspath(path)))
@@ -135,11 +136,12 @@ class VLMEncoder:
                 ids.append(tid)
         return ids
 
-    def prepare(self, content: Sequence[Any], system: str | None = DEFAULT_SYSTEM,
-                max_pixels: int | None = None, add_vision_id: bool = True) -> tuple[dict, str]:
-        """Tokenise a content list (strings and PIL images) into model inputs on the model's device.
-        ``add_vision_id`` writes "Picture i: " before each image (inference presets); the training
-        captions (spec 2.2) use the plain template without it."""
+    def prepare(self, content: Prompt | Sequence[Any], system: str | None = DEFAULT_SYSTEM,
+                max_pixels: int | None = None, add_vision_id: bool | None = None) -> tuple[dict, str]:
+        """Tokenise a :class:`Prompt` (or a bare content list of strings and PIL images) into model
+        inputs on the model's device. ``add_vision_id`` (writes "Picture i: " before each image)
+        defaults to the prompt's own choice, and to True for a bare list."""
+        content, add_vision_id = _unpack(content, add_vision_id)
         prompt, images = render_qwen_chat(content, system=system, add_vision_id=add_vision_id)
         kwargs = {}
         if images and max_pixels:
@@ -149,9 +151,10 @@ class VLMEncoder:
         return {k: v.to(self.device) for k, v in inputs.items()}, prompt
 
     @torch.inference_mode()
-    def generate(self, content: Sequence[Any], *, max_new_tokens: int = 128, stop_at_eos: bool = False,
+    def generate(self, content: Prompt | Sequence[Any], *, max_new_tokens: int = 128, stop_at_eos: bool = False,
                  do_sample: bool = True, temperature: float = 0.6, top_p: float = 0.9, seed: int = 0,
-                 system: str | None = DEFAULT_SYSTEM, max_pixels: int | None = None, add_vision_id: bool = True,
+                 system: str | None = DEFAULT_SYSTEM, max_pixels: int | None = None,
+                 add_vision_id: bool | None = None,
                  on_token: Callable[[int, int], None] | None = None) -> VLMOutput:
         """Generate up to ``max_new_tokens`` (exactly that many unless ``stop_at_eos``) and capture
         the final-norm state behind each generated token."""
@@ -189,9 +192,9 @@ class VLMEncoder:
         return VLMOutput(text=text, token_ids=ids.cpu(), hidden=hidden, prompt=prompt, prompt_len=prompt_len)
 
     @torch.inference_mode()
-    def teacher_forced_states(self, content: Sequence[Any], token_ids: torch.Tensor,
+    def teacher_forced_states(self, content: Prompt | Sequence[Any], token_ids: torch.Tensor,
                               system: str | None = DEFAULT_SYSTEM, max_pixels: int | None = None,
-                              add_vision_id: bool = True) -> torch.Tensor:
+                              add_vision_id: bool | None = None) -> torch.Tensor:
         """One forward pass over prompt + generated tokens; the final-norm states at the positions
         that predicted each generated token ([N, D]). A check of :meth:`generate`'s rows."""
         inputs, _ = self.prepare(content, system=system, max_pixels=max_pixels, add_vision_id=add_vision_id)

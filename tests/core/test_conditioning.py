@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from thinkdiff_core.aligner import Aligner
-from thinkdiff_core.conditioning import align, combine, pooled_vector
+from thinkdiff_core.conditioning import (IncompatibleError, ThinkDiffEmbeds, align, build_flux_conditioning, combine,
+                                         pooled_vector)
+
+
+def embeds(n=6, d=64, source="tiny-vlm", seed=0) -> ThinkDiffEmbeds:
+    g = torch.Generator().manual_seed(seed)
+    return ThinkDiffEmbeds(hidden=torch.randn(n, d, generator=g), token_ids=torch.arange(n), text="a red cup",
+                           source=source, preset="in_context", num_images=2)
 
 
 def test_align_gives_batched_float_embeddings():
@@ -17,9 +24,12 @@ def test_align_gives_batched_float_embeddings():
     assert align(a, rows.expand(2, -1, -1)).shape == (2, 128, 4096)
 
 
-def test_hidden_size_mismatch_names_both_sizes():
-    with pytest.raises(ValueError, match="hidden size is 3584 but the aligner expects 64"):
+def test_hidden_size_mismatch_names_both_sizes_and_models():
+    with pytest.raises(ValueError, match="has hidden size 3584 but the aligner expects 64"):
         align(Aligner(64, 4096, 16), torch.randn(8, 3584))
+    with pytest.raises(IncompatibleError, match="the VLM 'big-vlm' has hidden size 3584 but the aligner "
+                                                "'mine.pth' expects 64.*needs Qwen2-VL-7B-Instruct"):
+        build_flux_conditioning(Aligner(64, 4096, 16), embeds(d=3584, source="big-vlm"), aligner_name="mine.pth")
 
 
 def test_combine_modes_and_strengths():
@@ -38,9 +48,41 @@ def test_combine_modes_and_strengths():
         combine(a, t, "sum")
 
 
-def test_pooled_zeros_fallback_is_logged(caplog):
+def test_pooled_zeros_fallback_is_logged_and_wide_vectors_give_clip_l(caplog):
     with caplog.at_level(logging.WARNING, logger="thinkdiff"):
         p = pooled_vector(None, batch=2)
     assert torch.equal(p, torch.zeros(2, 768)) and "using zeros" in caplog.text
     given = torch.randn(768)
     assert torch.equal(pooled_vector(given), given.unsqueeze(0))
+    wide = torch.randn(1, 2048)                    # SD3-style [CLIP-L ; CLIP-G]
+    assert torch.equal(pooled_vector(wide), wide[:, :768])
+    with pytest.raises(ValueError, match="size 512"):
+        pooled_vector(torch.randn(1, 512))
+
+
+def test_flux_conditioning_replace_is_the_aligned_rows_with_the_empty_prompt_pooled():
+    torch.manual_seed(0)
+    a = Aligner(64, 4096, 32)
+    e = embeds()
+    empty, text_pooled = torch.randn(1, 768), torch.randn(1, 768)
+    c = build_flux_conditioning(a, e, text=torch.randn(1, 5, 4096), text_pooled=text_pooled,
+                                empty_prompt_pooled=empty)
+    torch.testing.assert_close(c.tokens, a(e.hidden).unsqueeze(0).float())   # the paper: aligned rows only
+    assert torch.equal(c.pooled, empty) and c.guidance == 3.5
+    # without CLIP the text conditioning's pooled vector is used; without both, zeros
+    assert torch.equal(build_flux_conditioning(a, e, text_pooled=text_pooled).pooled, text_pooled)
+    assert torch.equal(build_flux_conditioning(a, e).pooled, torch.zeros(1, 768))
+
+
+def test_flux_conditioning_modes_with_text():
+    torch.manual_seed(0)
+    a = Aligner(64, 4096, 32)
+    e = embeds()
+    text = torch.randn(1, 5, 4096)
+    c = build_flux_conditioning(a, e, text=text, mode="text_first", aligned_strength=2.0, text_strength=0.5,
+                                guidance=4.0)
+    assert c.tokens.shape == (1, 11, 4096) and c.guidance == 4.0
+    torch.testing.assert_close(c.tokens[:, :5], text * 0.5)
+    torch.testing.assert_close(c.tokens[:, 5:], 2.0 * a(e.hidden).unsqueeze(0))
+    c = build_flux_conditioning(a, e, text=text, mode="aligned_first")
+    torch.testing.assert_close(c.tokens[:, 6:], text)

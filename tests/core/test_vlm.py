@@ -1,13 +1,13 @@
 """The VLM encoder on a tiny random Qwen2-VL with the real tokenizer and real photos.
 
-The central check is the row semantics (spec 1.1): row k of the captured [N, D] tensor is the
+The central check is the row semantics (docs/method.md §1.1): row k of the captured [N, D] tensor is the
 final-norm state whose LM head produced generated token k. It is checked against a teacher-forced
 forward pass over prompt + generated tokens, and against transformers' own per-step hidden states.
 """
 import pytest
 import torch
 
-from thinkdiff_core.prompts import PromptError, build_content, in_context_content
+from thinkdiff_core.prompts import PromptError, build_prompt, in_context_content
 from thinkdiff_core.vlm import VLMEncoder, VLMLoadError
 
 
@@ -61,7 +61,7 @@ def test_rows_equal_transformers_per_step_hidden_states(encoder, photos):
 
 
 def test_exactly_n_tokens_by_default_and_stop_at_eos_option(encoder, photos):
-    content = build_content("image_text", photos[:1], "Create a diffusion prompt for a dog in this style.")
+    content = build_prompt("image_text", photos[:1], "Create a diffusion prompt for a dog in this style.")
     # make EOS the most likely token so that a natural stop happens at once
     eos = encoder._eos_ids()[0]
 
@@ -96,18 +96,95 @@ def test_seeded_sampling_is_reproducible_and_seed_matters(encoder, photos):
     assert not torch.equal(a.token_ids, c.token_ids)
 
 
-def test_checkpoint_generation_defaults_do_not_leak(encoder, photos):
-    """Qwen2-VL ships top_k / repetition_penalty defaults; ThinkDiff's sampling must ignore them."""
-    content = content_for(1, photos)
-    a = encoder.generate(content, max_new_tokens=10, seed=5)
-    cfg = encoder.model.generation_config
-    saved = (cfg.top_k, cfg.repetition_penalty, cfg.temperature)
-    cfg.top_k, cfg.repetition_penalty, cfg.temperature = 1, 5.0, 0.01
+class Peaked(torch.nn.Module):
+    """Wraps the LM head: adds a fixed bias that makes 8 tokens dominate with logits 20, 19, ..., 13.
+    At temperature 1 the top token has p = 0.63, the second 0.23, ...; the tiny random model's own
+    logits (|x| < 1) barely matter. The rows (captured at the final norm) are unaffected."""
+    TOKENS = list(range(1000, 1008))
+
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+        self.bias = torch.zeros(head.out_features)
+        self.bias[self.TOKENS] = 20.0 - torch.arange(8, dtype=torch.float32)
+
+    def forward(self, h):
+        return self.head(h) + self.bias.to(h.dtype)
+
+
+@pytest.fixture
+def peaked(encoder):
+    head = encoder.model.lm_head
+    encoder.model.lm_head = Peaked(head)
     try:
-        b = encoder.generate(content, max_new_tokens=10, seed=5)
+        yield encoder
     finally:
-        cfg.top_k, cfg.repetition_penalty, cfg.temperature = saved
-    assert torch.equal(a.token_ids, b.token_ids)
+        encoder.model.lm_head = head
+
+
+def top_share(enc, content, seeds=range(4), n=32, **kw) -> float:
+    """Share of generated tokens that are the most likely token, over several seeds."""
+    ids = torch.cat([enc.generate(content, max_new_tokens=n, seed=s, **kw).token_ids for s in seeds])
+    return (ids == Peaked.TOKENS[0]).float().mean().item()
+
+
+def test_top_p_truncates_the_distribution(peaked, photos):
+    content = content_for(1, photos)
+    # top_p 0.5 < p(top) = 0.63: only the top token is left, whatever the seed
+    assert top_share(peaked, content, temperature=1.0, top_p=0.5) == 1.0
+    # top_p 1: the other tokens are drawn too
+    assert top_share(peaked, content, temperature=1.0, top_p=1.0) < 0.8
+
+
+def test_temperature_sharpens_and_flattens(peaked, photos):
+    content = content_for(1, photos)
+    assert top_share(peaked, content, temperature=0.05, top_p=1.0) == 1.0   # p(top) ~ 1
+    sharp = top_share(peaked, content, temperature=0.6, top_p=1.0)          # p(top) = 0.81
+    flat = top_share(peaked, content, temperature=2.0, top_p=1.0)           # p(top) = 0.40
+    assert sharp > 0.68 and flat < 0.55, (sharp, flat)
+
+
+def test_checkpoint_generation_defaults_do_not_leak(peaked, photos):
+    """Qwen2-VL-7B-Instruct's generation_config.json has top_k 1, top_p 0.001, temperature 0.01 and
+    repetition_penalty 1.05; ThinkDiff's sampling (T 0.6, top-p 0.9, nothing else) must ignore them.
+    Exaggerated here so that a leak shows: a repetition penalty of 1e4 would stop greedy decoding from
+    repeating the top token, and top_k 1 / temperature 0.01 would make sampling greedy."""
+    content = content_for(1, photos)
+    cfg = peaked.model.generation_config
+    saved = (cfg.top_k, cfg.top_p, cfg.temperature, cfg.repetition_penalty)
+    cfg.top_k, cfg.top_p, cfg.temperature, cfg.repetition_penalty = 1, 0.001, 0.01, 1e4
+    try:
+        greedy = peaked.generate(content, max_new_tokens=16, do_sample=False)
+        flat = top_share(peaked, content, temperature=2.0, top_p=1.0)
+    finally:
+        cfg.top_k, cfg.top_p, cfg.temperature, cfg.repetition_penalty = saved
+    assert greedy.token_ids.tolist() == [Peaked.TOKENS[0]] * 16
+    assert flat < 0.55
+
+
+def test_rows_are_final_norm_states_not_pre_norm(encoder, photos):
+    """The captured rows are the output of the language model's final RMSNorm (with its scale), not
+    its input and not the unscaled normalisation. The tiny model's norm scale is far from ones."""
+    norm = encoder.norm
+    assert (norm.weight - 1).abs().max() > 0.2
+    pre = []
+    handle = norm.register_forward_hook(lambda m, inp, out: pre.append(inp[0][:, -1].detach().clone()))
+    try:
+        out = encoder.generate(content_for(2, photos), max_new_tokens=6, seed=1)
+    finally:
+        handle.remove()
+    pre = torch.cat(pre)
+    unscaled = pre * torch.rsqrt(pre.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    torch.testing.assert_close(out.hidden, norm.weight * unscaled)
+    assert not torch.allclose(out.hidden, pre, atol=1e-2)
+    assert not torch.allclose(out.hidden, unscaled, atol=1e-2)
+
+
+def test_loads_in_the_requested_dtype(tiny_vlm_dir):
+    """`dtype=` reaches from_pretrained (transformers < 4.56 ignores it and would load a 7B model in fp32)."""
+    enc = VLMEncoder.from_pretrained(tiny_vlm_dir, dtype="bf16")
+    assert {p.dtype for p in enc.model.parameters()} == {torch.bfloat16}
+    assert enc.norm.weight.dtype == torch.bfloat16
 
 
 def test_progress_callback_per_token_and_interrupt(encoder, photos):
@@ -147,24 +224,13 @@ def test_missing_or_wrong_model_folders_name_the_problem(tmp_path, tiny_vlm_dir)
 
 def test_prompt_errors():
     with pytest.raises(PromptError, match="at least one example image"):
-        build_content("in_context", [], "white, red")
+        build_prompt("in_context", [], "white, red")
     with pytest.raises(PromptError, match="2 image\\(s\\) need 3 words, got 2"):
-        build_content("in_context", ["img1", "img2"], "white, red")
+        build_prompt("in_context", ["img1", "img2"], "white, red")
     with pytest.raises(PromptError, match="exactly 2 images"):
-        build_content("two_images", ["img1"], "")
+        build_prompt("two_images", ["img1"], "")
     with pytest.raises(PromptError, match="unknown prompt preset"):
-        build_content("nope", [], "x")
-
-
-def test_in_context_prompt_matches_the_paper_layout():
-    from thinkdiff_core.prompts import IN_CONTEXT_INSTRUCTION, render_qwen_chat
-    a, b = object(), object()   # any non-string item is an image
-    text, images = render_qwen_chat(in_context_content(["white", "red", "black"], [a, b]))
-    assert images == [a, b]
-    v = "<|vision_start|><|image_pad|><|vision_end|>"
-    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                    + IN_CONTEXT_INSTRUCTION + f"Word 1: white, Picture 1: {v}\n\nWord 2: red, Picture 2: {v}"
-                    + "\n\nWord 3: black, <|im_end|>\n<|im_start|>assistant\n")
+        build_prompt("nope", [], "x")
 
 
 def test_qwen2_5_vl_plugs_in(tmp_path, qwen_tokenizer_dir, photos):
