@@ -10,11 +10,17 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field, fields
 
+from thinkdiff_core import dtypes
 from thinkdiff_core.prompts import DEFAULT_SYSTEM
 
+# dtype options, all from thinkdiff_core.dtypes (resolved there with resolve_dtype / parse_dtype)
+ANY_DTYPE = dtypes.choices()                                  # stored tensors: fp32, bf16, fp16
+MODEL_DTYPE = dtypes.choices(auto=True)                       # VLM weights
+TRAIN_DTYPE = dtypes.choices(auto=True, only=("fp32", "bf16"))  # fit: no fp16 (no loss scaling; T5 overflows)
 
-def opt(default, help: str):
-    return field(default=default, metadata={"help": help})
+
+def opt(default, help: str, choices: list[str] | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
@@ -37,8 +43,9 @@ class PrecomputeConfig:
     do_sample: bool = opt(True, "sample (false: greedy)")
     max_pixels: int = opt(0, "cap on image pixels for the Qwen2-VL processor (0 = processor default, as in the paper)")
     # numerics / placement
-    feature_dtype: str = opt("bf16", "dtype of the stored states: bf16, fp16 or fp32")
-    model_dtype: str = opt("auto", "VLM weights dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    feature_dtype: str = opt("bf16", "dtype of the stored states", ANY_DTYPE)
+    model_dtype: str = opt("auto", "VLM weights dtype: auto = fp32 on CPU, bf16 on a GPU that supports it, else fp16",
+                           MODEL_DTYPE)
     device: str = opt("auto", "auto (cuda:LOCAL_RANK if a GPU is present, else cpu), cpu, cuda, cuda:1, ...")
     seed: int = opt(42, "seed: the instruction and the sampling seed of an image depend only on (seed, image key)")
 
@@ -70,8 +77,12 @@ class FitConfig:
     weight_decay: float = opt(0.05, "AdamW weight decay on >=2-D tensors (biases and the norm get 0)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.999, "AdamW beta2")
-    precision: str = opt("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32")
-    decoder_dtype: str = opt("auto", "frozen T5 decoder weights: auto (bf16 on GPU, fp32 on CPU), bf16, fp32")
+    precision: str = opt("auto", "autocast: auto = bf16 on a GPU that supports it, else fp32", TRAIN_DTYPE)
+    decoder_dtype: str = opt("auto", "frozen T5 decoder weights: auto = bf16 on a GPU that supports it, else fp32",
+                             TRAIN_DTYPE)
+    decoder_dropout: bool = opt(True, "dropout of the frozen T5 decoder (flan-t5: 0.1) active in training steps, "
+                                      "as in the official trainer, which puts the whole model in train mode; "
+                                      "validation always runs it in eval mode. The weights stay frozen either way")
     device: str = opt("auto", "auto (GPU when present) or cpu")
     seed: int = opt(42, "seed of the aligner init, the data order and the random splits")
     # bookkeeping
@@ -88,7 +99,7 @@ class FitConfig:
 class ExportConfig:
     run: str = opt("", "a fit run folder (its latest checkpoint is used) or a checkpoint file")
     out: str = opt("", "output .safetensors file")
-    dtype: str = opt("fp32", "stored dtype: fp32, bf16, fp16")
+    dtype: str = opt("fp32", "stored dtype", ANY_DTYPE)
     source_vlm: str = opt("", "VLM the aligner reads, stored in the metadata (default: from the run's data)")
     t5: str = opt("", "T5 the aligner was fitted to, stored in the metadata (default: the run's --t5 folder name)")
 
@@ -124,6 +135,8 @@ def add_arguments(p: argparse.ArgumentParser, cls) -> None:
         kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default!r})")
         if kind == "bool":
             kw.update(nargs="?", const=True, type=_to_bool, metavar="{true,false}")
+        elif f.metadata.get("choices"):
+            kw.update(type=_TYPES[kind], choices=f.metadata["choices"], metavar="{" + ",".join(f.metadata["choices"]) + "}")
         else:
             kw.update(type=_TYPES[kind], metavar=kind.upper())
         p.add_argument(*flags, **kw)
@@ -153,7 +166,14 @@ def from_args(cls, args: argparse.Namespace):
 
 
 def require(cfg, *names: str) -> None:
+    """Stop with a clear error if an option in `names` is empty or an option with choices has another value
+    (the command line checks choices itself; YAML files and configs built in Python come through here)."""
     missing = [n for n in names if not getattr(cfg, n)]
     if missing:
         raise SystemExit("error: missing " + ", ".join(f"--{n.replace('_', '-')}" for n in missing)
                          + " (give it on the command line or in the --config YAML)")
+    for f in fields(cfg):
+        allowed = f.metadata.get("choices")
+        if allowed and getattr(cfg, f.name) not in allowed:
+            raise SystemExit(f"error: --{f.name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                             f"got {getattr(cfg, f.name)!r}")

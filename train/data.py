@@ -8,6 +8,10 @@ Feature shard format (webdataset tar, one sample = the files sharing a key):
                         read with torch.load(weights_only=True). The official shards' name
                         ``model.norm.output_embed.pth`` is read too.
   KEY.jpg / KEY.png     the source image (only with --store-image)
+
+Next to the shards, precompute.json records their provenance (read and written only by
+`write_provenance` / `read_provenance` below): the VLM folder (fit finds the Qwen tokenizer there),
+the VLM's name (export stores it), its hidden size and the precompute config.
 """
 from __future__ import annotations
 
@@ -75,6 +79,49 @@ def iter_tar(path: str) -> Iterator[dict]:
             current[ext.lower()] = tf.extractfile(m).read()
     if current is not None:
         yield current
+
+
+# ----------------------------------------------------------------------------------------------------
+# precompute.json: provenance of a feature folder
+
+PROVENANCE_FILE = "precompute.json"
+
+
+@dataclass
+class Provenance:
+    vlm: str                 # absolute path of the VLM folder precompute read
+    vlm_name: str            # its name (e.g. Qwen2-VL-7B-Instruct), stored in exported aligners
+    hidden_size: int         # width of the stored states
+    config: dict             # the PrecomputeConfig
+    path: str = ""           # the precompute.json it was read from
+
+
+def provenance_file(data: str) -> str:
+    """Where the precompute.json of a --data value (folder, shard, glob, brace pattern or list) is:
+    next to its first shard."""
+    first = data.split(",")[0].strip()
+    return os.path.join(first if os.path.isdir(first) else os.path.dirname(first), PROVENANCE_FILE)
+
+
+def write_provenance(folder: str, p: Provenance) -> str:
+    """Write folder/precompute.json atomically (temp file + rename)."""
+    final, tmp = os.path.join(folder, PROVENANCE_FILE), os.path.join(folder, f".{PROVENANCE_FILE}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"vlm": p.vlm, "vlm_name": p.vlm_name, "hidden_size": p.hidden_size, "config": p.config},
+                  fh, indent=2)
+    os.replace(tmp, final)
+    return final
+
+
+def read_provenance(data: str) -> Provenance | None:
+    """The provenance of a --data value's shards, or None when there is no precompute.json."""
+    path = provenance_file(data) if data.strip() else ""
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        raw = json.load(fh)
+    return Provenance(vlm=raw.get("vlm", ""), vlm_name=raw.get("vlm_name", ""),
+                      hidden_size=int(raw.get("hidden_size", 0)), config=raw.get("config", {}), path=path)
 
 
 # ----------------------------------------------------------------------------------------------------

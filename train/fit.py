@@ -11,17 +11,21 @@ the suffix text (Qwen ids [s, N) -> text -> T5 tokens). Only the aligner is trai
     python -m train fit --config run.yaml --resume                                # continue a run
 
 Outputs in --out: config.yaml, log.jsonl (one JSON line per log step, validation, checkpoint,
-resume, stop), checkpoints/step_XXXXXXXX.pt (aligner, optimizer, scheduler, every process's data
-position and RNG states, config). Checkpoints are written to a temp file and renamed, so a killed
-run (even SIGKILL) loses only the steps since the last checkpoint; SIGINT/SIGTERM finish the current
-step, save a checkpoint and exit with status 0.
+resume, stop), checkpoints/step_XXXXXXXX.pt (format in train/checkpoint.py). Checkpoints are written
+to a temp file and renamed, so a killed run (even SIGKILL) loses only the steps since the last
+checkpoint; SIGINT/SIGTERM finish the current step, save a checkpoint and exit with status 0.
+
+The frozen decoder runs in train mode during training steps (its dropout is active, as in the
+official trainer; --decoder-dropout false turns that off) and in eval mode for validation.
+
+Reading order: the pieces (schedule, optimizer, loss, RNG, prefetch), the setup helpers, `fit`
+itself (setup -> resume -> loop).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -34,12 +38,13 @@ import torch
 import torch.nn.functional as F
 
 from thinkdiff_core.aligner import Aligner
+from thinkdiff_core.dtypes import dtype_name, resolve_dtype
 
+from . import checkpoint
 from .config import FitConfig, require
-from .data import TrainStream, batches, collate, expand_shards, feature_dim, val_items
+from .data import (TrainStream, batches, collate, expand_shards, feature_dim, provenance_file, read_provenance,
+                   val_items)
 from .t5 import check_t5_folder, load_t5_decoder, load_tokenizer
-
-CKPT_FORMAT = "thinkdiff-train-checkpoint/1"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -69,45 +74,6 @@ def batch_loss(aligner, decoder, batch: dict, device, reduction: str = "mean") -
                      batch["decoder_attention_mask"].to(device))
     labels = batch["labels"].to(device)
     return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction)
-
-
-def find_tokenizer_folder(cfg: FitConfig) -> str:
-    if cfg.tokenizer:
-        if not os.path.isdir(cfg.tokenizer):
-            raise FileNotFoundError(f"tokenizer: folder not found: {cfg.tokenizer}")
-        return cfg.tokenizer
-    first = cfg.data.split(",")[0].strip()
-    folder = first if os.path.isdir(first) else os.path.dirname(first)
-    meta = os.path.join(folder, "precompute.json")
-    if os.path.isfile(meta):
-        with open(meta) as fh:
-            vlm = json.load(fh)["vlm"]
-        if os.path.isdir(vlm):
-            return vlm
-        raise FileNotFoundError(f"tokenizer: {meta} names the VLM folder {vlm}, which does not exist here; "
-                                f"pass --tokenizer with a folder holding the Qwen2-VL tokenizer")
-    raise FileNotFoundError(f"tokenizer: no --tokenizer given and {meta} not found; pass --tokenizer with the "
-                            f"VLM folder (or any folder with its Qwen2-VL tokenizer)")
-
-
-def checkpoints(out: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(out, "checkpoints", "step_*.pt")))
-
-
-def save_checkpoint(out: str, state: dict, keep: int) -> str:
-    """Atomic: write a temp file, fsync, rename; then delete all but the last `keep` checkpoints."""
-    folder = os.path.join(out, "checkpoints")
-    os.makedirs(folder, exist_ok=True)
-    final = os.path.join(folder, f"step_{state['step']:08d}.pt")
-    tmp = os.path.join(folder, f".step_{state['step']:08d}.pt.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    for old in checkpoints(out)[:-keep] if keep > 0 else []:
-        os.remove(old)
-    return final
 
 
 def rng_state() -> dict:
@@ -166,27 +132,40 @@ def memory_mb(device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
+# setup helpers
 
-def fit(cfg: FitConfig) -> dict:
-    """Run (or continue) a fit; returns {'step', 'losses', 'val_losses', 'aligner', 'decoder', 'stopped'}."""
-    require(cfg, "data", "t5")
-    check_t5_folder(cfg.t5)
-    from accelerate import Accelerator
-    from accelerate.utils import gather_object
-    from tqdm import tqdm
+def resolve_precision(cfg: FitConfig, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+    """(autocast dtype, decoder weights dtype): "auto" is fp32 on a CPU, bf16 on a GPU that supports it;
+    never fp16 (the loop has no loss scaling, and T5 overflows in fp16)."""
+    return (resolve_dtype(cfg.precision, device, fp16_supported=False),
+            resolve_dtype(cfg.decoder_dtype, device, fp16_supported=False))
 
-    # ---- processes and devices ------------------------------------------------------------------
-    accelerator = Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
-    rank, world, master = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    device = accelerator.device
-    on_gpu = device.type == "cuda"
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if on_gpu else "fp32")
-    dec_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[
-        cfg.decoder_dtype if cfg.decoder_dtype != "auto" else ("bf16" if on_gpu else "fp32")]
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" \
-        else contextlib.nullcontext
 
-    # ---- data: training shards split over processes, held-out shards for validation -------------
+def autocast_for(device: torch.device, precision: torch.dtype):
+    """A factory of autocast contexts (a no-op one for fp32)."""
+    if precision == torch.float32:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=precision)
+
+
+def tokenizer_folder(cfg: FitConfig) -> str:
+    """--tokenizer, else the VLM folder named in the data's precompute.json."""
+    if cfg.tokenizer:
+        if not os.path.isdir(cfg.tokenizer):
+            raise FileNotFoundError(f"tokenizer: folder not found: {cfg.tokenizer}")
+        return cfg.tokenizer
+    prov = read_provenance(cfg.data)
+    if prov is None:
+        raise FileNotFoundError(f"tokenizer: no --tokenizer given and {provenance_file(cfg.data)} not found; pass "
+                                f"--tokenizer with the VLM folder (or any folder with its Qwen2-VL tokenizer)")
+    if not os.path.isdir(prov.vlm):
+        raise FileNotFoundError(f"tokenizer: {prov.path} names the VLM folder {prov.vlm}, which does not exist "
+                                f"here; pass --tokenizer with a folder holding the Qwen2-VL tokenizer")
+    return prov.vlm
+
+
+def split_shards(cfg: FitConfig, world: int, master: bool) -> tuple[list[str], list[str]]:
+    """(training shards, validation shards): --val-data, else the last --val-shards of --data."""
     shards = expand_shards(cfg.data, "data")
     val_shards = expand_shards(cfg.val_data, "val_data") if cfg.val_data else []
     if not cfg.val_data and cfg.val_shards > 0:
@@ -198,41 +177,153 @@ def fit(cfg: FitConfig) -> dict:
     if len(shards) < world:
         raise SystemExit(f"error: {len(shards)} training shard(s) for {world} processes; every process needs "
                          f"at least one shard (write more, smaller shards with precompute --shard-size)")
-    qwen_tok = load_tokenizer(find_tokenizer_folder(cfg))
-    t5_tok = load_tokenizer(cfg.t5)
+    return shards, val_shards
 
-    # ---- models: frozen T5 decoder, aligner whose norm starts from the T5 encoder's final norm ---
-    decoder, t5_norm = load_t5_decoder(cfg.t5, dtype=dec_dtype, device=device)
-    in_dim, out_dim = feature_dim(shards[0]), decoder.d_model
-    torch.manual_seed(cfg.seed)                                  # identical init on every process
-    random.seed(cfg.seed + rank)                                 # spec 2.5: seed 42 + rank (a resume restores it)
-    aligner = Aligner(in_dim, out_dim, cfg.hidden_dim or out_dim).init_norm_from_t5(t5_norm).to(device)
-    optimizer = make_optimizer(aligner, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
-    step, position = 0, (0, 0, 0)
 
-    # ---- resume ------------------------------------------------------------------------------------
-    found = checkpoints(cfg.out)
+def resume(cfg: FitConfig, world: int, rank: int, master: bool, aligner, optimizer, scheduler) -> tuple[int, tuple]:
+    """Load the last checkpoint of --out into the aligner, optimizer, scheduler and RNGs when --resume is
+    given; returns (step, this process's data position). A run folder with checkpoints needs --resume."""
+    found = checkpoint.list_checkpoints(cfg.out)
     if found and not cfg.resume:
         raise SystemExit(f"error: {cfg.out} already has checkpoints ({os.path.basename(found[-1])}); "
                          f"pass --resume to continue that run or choose another --out")
-    if cfg.resume and found:
-        ckpt = torch.load(found[-1], map_location="cpu", weights_only=True)
-        if ckpt["world_size"] != world:
-            raise SystemExit(f"error: {found[-1]} was written by {ckpt['world_size']} process(es); resume "
-                             f"it with the same number (got {world})")
-        for k in ("seed", "batch_size", "grad_accum", "data", "max_split"):
-            if ckpt["config"].get(k) != getattr(cfg, k) and master:
-                print(f"[fit] warning: {k} changed since the checkpoint "
-                      f"({ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r})", flush=True)
-        aligner.load_state_dict(ckpt["aligner"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step, position = ckpt["step"], tuple(ckpt["positions"][rank])
-        set_rng_state(ckpt["rng"][rank])
-    elif cfg.resume and master:
-        print(f"[fit] --resume: no checkpoint in {cfg.out}/checkpoints, starting from step 0", flush=True)
+    if not cfg.resume:
+        return 0, (0, 0, 0)
+    if not found:
+        if master:
+            print(f"[fit] --resume: no checkpoint in {checkpoint.folder(cfg.out)}, starting from step 0", flush=True)
+        return 0, (0, 0, 0)
+    ckpt = checkpoint.load(found[-1])
+    if ckpt["world_size"] != world:
+        raise SystemExit(f"error: {found[-1]} was written by {ckpt['world_size']} process(es); resume "
+                         f"it with the same number (got {world})")
+    for k in ("seed", "batch_size", "grad_accum", "data", "max_split", "decoder_dropout"):
+        if ckpt["config"].get(k) != getattr(cfg, k) and master:
+            print(f"[fit] warning: {k} changed since the checkpoint "
+                  f"({ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r})", flush=True)
+    aligner.load_state_dict(ckpt["aligner"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"][rank])
+    return ckpt["step"], tuple(ckpt["positions"][rank])
 
+
+class RunLog:
+    """log.jsonl (and config.yaml) of the run folder; only the main process writes."""
+
+    def __init__(self, cfg: FitConfig, master: bool):
+        os.makedirs(cfg.out, exist_ok=True)
+        self.file = open(os.path.join(cfg.out, "log.jsonl"), "a") if master else None
+        if master:
+            import yaml
+            with open(os.path.join(cfg.out, "config.yaml"), "w") as fh:
+                yaml.safe_dump(dataclasses.asdict(cfg), fh, sort_keys=False)
+
+    def __call__(self, record: dict) -> None:
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+def all_sum(values: list[float], device, world: int) -> list[float]:
+    """Sum over processes."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world > 1:
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def evaluate(aligner, decoder, held_out: list, qwen_tok, t5_tok, cfg: FitConfig, device, autocast,
+             world: int) -> float:
+    """Mean token CE over every process's held-out samples, with the decoder in eval mode (no dropout,
+    so every validation pass of the same aligner gives the same number)."""
+    decoder.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(held_out), cfg.batch_size):
+        b = collate(held_out[i:i + cfg.batch_size], qwen_tok, t5_tok, cfg.max_label_len)
+        with autocast():
+            total += float(batch_loss(aligner, decoder, b, device, reduction="sum"))
+        count += int((b["labels"] != -100).sum())
+    total, count = all_sum([total, count], device, world)
+    return total / count if count else None
+
+
+def train_step(model, decoder, train_batches, optimizer, scheduler, accelerator, cfg: FitConfig, device,
+               autocast) -> tuple[torch.Tensor, tuple, float]:
+    """One optimizer step over cfg.grad_accum micro-batches; the decoder is in train mode when
+    cfg.decoder_dropout (its dropout active, its weights still frozen). Returns (sum of the micro-batch
+    losses, the data position after the last batch, the learning rate used)."""
+    decoder.train(cfg.decoder_dropout)
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(cfg.grad_accum):
+        batch, position = next(train_batches)
+        # gradients are all-reduced only on the last micro-step
+        sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
+        with sync:
+            with autocast():
+                loss = batch_loss(model, decoder, batch, device)
+            accelerator.backward(loss / cfg.grad_accum)
+        loss_sum += loss.detach()
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, position, lr
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """SIGINT / SIGTERM set stop["signal"] instead of interrupting: the loop finishes the step,
+    checkpoints and exits. The previous handlers come back on exit."""
+    stop = {"signal": 0}
+    handler = lambda signum, frame: stop.update(signal=signum)   # noqa: E731
+    old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def fit(cfg: FitConfig) -> dict:
+    """Run (or continue) a fit; returns {'step', 'losses', 'val_losses', 'aligner', 'decoder', 'stopped',
+    'last_checkpoint'}."""
+    require(cfg, "data", "t5")
+    check_t5_folder(cfg.t5)
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+    from tqdm import tqdm
+
+    # ---- setup: processes, data, tokenizers, models --------------------------------------------------
+    accelerator = Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    rank, world, master = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    device = accelerator.device
+    precision, dec_dtype = resolve_precision(cfg, device)
+    autocast = autocast_for(device, precision)
+    shards, val_shards = split_shards(cfg, world, master)
+    qwen_tok, t5_tok = load_tokenizer(tokenizer_folder(cfg)), load_tokenizer(cfg.t5)
+
+    # frozen T5 decoder; the aligner's norm starts from the T5 encoder's final norm (spec 1.1)
+    decoder, t5_norm = load_t5_decoder(cfg.t5, dtype=dec_dtype, device=device)
+    dims = [feature_dim(shards[0]), cfg.hidden_dim or decoder.d_model, decoder.d_model]
+    torch.manual_seed(cfg.seed)                                  # identical init on every process
+    aligner = Aligner(dims[0], dims[2], dims[1]).init_norm_from_t5(t5_norm).to(device)
+    torch.manual_seed(cfg.seed + rank)                           # spec 2.5: seed 42 + rank (dropout masks);
+    random.seed(cfg.seed + rank)                                 # a resume restores both
+    optimizer = make_optimizer(aligner, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
+
+    # ---- resume ----------------------------------------------------------------------------------------
+    step, position = resume(cfg, world, rank, master, aligner, optimizer, scheduler)
+
+    # ---- data streams ----------------------------------------------------------------------------------
     model = accelerator.prepare(aligner)      # DDP when world > 1; the optimizer stays ours
     stream = TrainStream(shards[rank::world], cfg.seed, rank, cfg.max_split, position)
     # batches are read and tokenised one or two ahead in a thread; each carries the stream position
@@ -240,125 +331,79 @@ def fit(cfg: FitConfig) -> dict:
     train_batches = prefetch(((collate(group, qwen_tok, t5_tok, cfg.max_label_len), pos)
                               for group, pos in batches(stream, cfg.batch_size)), depth=2)
     held_out = val_items(val_shards, cfg.seed, rank, world, cfg.val_max_samples, cfg.max_split)
-
-    def reduce(values: list[float]) -> list[float]:
-        """Sum over processes."""
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        if world > 1:
-            torch.distributed.all_reduce(t)
-        return t.tolist()
-
     # the data thread uses the tokenizers concurrently: validation gets its own copies
-    val_qwen_tok, val_t5_tok = (copy.deepcopy(qwen_tok), copy.deepcopy(t5_tok)) if val_shards else (None, None)
+    val_toks = (copy.deepcopy(qwen_tok), copy.deepcopy(t5_tok)) if val_shards else (None, None)
 
-    @torch.no_grad()
-    def evaluate() -> float | None:
+    def validate() -> float | None:
         if not val_shards:
             return None
-        total, count = 0.0, 0
-        for i in range(0, len(held_out), cfg.batch_size):
-            b = collate(held_out[i:i + cfg.batch_size], val_qwen_tok, val_t5_tok, cfg.max_label_len)
-            with autocast():
-                total += float(batch_loss(aligner, decoder, b, device, reduction="sum"))
-            count += int((b["labels"] != -100).sum())
-        total, count = reduce([total, count])
-        return total / count if count else None
+        return evaluate(aligner, decoder, held_out, *val_toks, cfg, device, autocast, world)
 
-    def checkpoint(reason: str) -> None:
+    def save(reason: str) -> None:
         positions = gather_object([list(position)])            # every process's place in its data
         rngs = gather_object([rng_state()])
         if master:
-            path = save_checkpoint(cfg.out, {
-                "format": CKPT_FORMAT, "step": step, "aligner": aligner.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "positions": positions, "rng": rngs, "world_size": world, "config": dataclasses.asdict(cfg),
-                "dims": [in_dim, cfg.hidden_dim or out_dim, out_dim]}, cfg.keep_ckpts)
+            path = checkpoint.save(cfg.out, {
+                "step": step, "aligner": aligner.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "positions": positions, "rng": rngs, "world_size": world,
+                "config": dataclasses.asdict(cfg), "dims": dims}, cfg.keep_ckpts)
             log({"event": "checkpoint", "step": step, "path": path, "reason": reason})
 
-    # ---- logging -------------------------------------------------------------------------------------
-    os.makedirs(cfg.out, exist_ok=True)
-    log_file = open(os.path.join(cfg.out, "log.jsonl"), "a") if master else None
+    log = RunLog(cfg, master)
+    log({"event": "resume" if step else "start", "step": step, "world_size": world, "device": str(device),
+         "precision": dtype_name(precision), "decoder_dtype": dtype_name(dec_dtype),
+         "decoder_dropout": cfg.decoder_dropout, "dims": dims, "train_shards": len(shards),
+         "val_shards": len(val_shards), "val_samples": len(held_out) * world})
 
-    def log(record: dict) -> None:
-        if log_file:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-
-    if master:
-        import yaml
-        with open(os.path.join(cfg.out, "config.yaml"), "w") as fh:
-            yaml.safe_dump(dataclasses.asdict(cfg), fh, sort_keys=False)
-        log({"event": "resume" if step else "start", "step": step, "world_size": world, "device": str(device),
-             "precision": precision, "decoder_dtype": str(dec_dtype).replace("torch.", ""),
-             "dims": [in_dim, cfg.hidden_dim or out_dim, out_dim], "train_shards": len(shards),
-             "val_shards": len(val_shards), "val_samples": len(held_out) * world})
-
-    # ---- SIGINT / SIGTERM: finish the step, checkpoint, exit cleanly ---------------------------------
-    stop = {"signal": 0}
-    handler = lambda signum, frame: stop.update(signal=signum)   # noqa: E731
-    old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    # ---- the loop ------------------------------------------------------------------------------------
+    # ---- the loop --------------------------------------------------------------------------------------
     losses, val_losses, last_ckpt = {}, {}, step
     bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True, desc="fit",
                disable=not (master and cfg.progress))
     samples_per_step = cfg.batch_size * cfg.grad_accum * world
-    if step == 0 and cfg.val_interval:                         # the baseline: the untrained aligner
-        val = evaluate()
-        if val is not None:
-            val_losses[0] = val
-            log({"event": "step", "step": 0, "val_loss": val})
-    try:
-        while step < cfg.max_steps:
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
-                batch, position = next(train_batches)
-                # gradients are all-reduced only on the last micro-step
-                sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
-                with sync:
-                    with autocast():
-                        loss = batch_loss(model, decoder, batch, device)
-                    accelerator.backward(loss / cfg.grad_accum)
-                loss_sum += loss.detach()
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss_value, stopping = reduce([loss_sum.item() / cfg.grad_accum / world, float(stop["signal"] > 0)])
-            losses[step] = loss_value
-            dt = time.perf_counter() - t0
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-
-            record = {"event": "step", "step": step, "loss": loss_value, "lr": lr,
-                      "samples_per_s": samples_per_step / dt, "mem_mb": round(memory_mb(device), 1)}
-            if (cfg.val_interval and step % cfg.val_interval == 0) or step == cfg.max_steps:
-                val = evaluate()
+    with stop_requests() as stop:
+        try:
+            if step == 0 and cfg.val_interval:                 # the baseline: the untrained aligner
+                val = validate()
                 if val is not None:
-                    val_losses[step] = record["val_loss"] = val
+                    val_losses[0] = val
+                    log({"event": "step", "step": 0, "val_loss": val})
+            while step < cfg.max_steps:
+                t0 = time.perf_counter()
+                loss_sum, position, lr = train_step(model, decoder, train_batches, optimizer, scheduler,
+                                                    accelerator, cfg, device, autocast)
+                step += 1
+                loss_value, stopping = all_sum([loss_sum.item() / cfg.grad_accum / world,
+                                                float(stop["signal"] > 0)], device, world)
+                losses[step] = loss_value
+                dt = time.perf_counter() - t0
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+
+                record = {"event": "step", "step": step, "loss": loss_value, "lr": lr,
+                          "samples_per_s": samples_per_step / dt, "mem_mb": round(memory_mb(device), 1)}
+                if (cfg.val_interval and step % cfg.val_interval == 0) or step == cfg.max_steps:
+                    val = validate()
+                    if val is not None:
+                        val_losses[step] = record["val_loss"] = val
+                        if master:
+                            bar.write(f"step {step}: loss {loss_value:.4f}, val_loss {val:.4f}")
+                if step % cfg.log_interval == 0 or "val_loss" in record or step == cfg.max_steps:
+                    log(record)
+                if stopping:       # any process got SIGINT/SIGTERM: all of them stop after this step
+                    name = signal.Signals(stop["signal"]).name if stop["signal"] else "a signal to another process"
+                    save(f"stopped by {name}")
                     if master:
-                        bar.write(f"step {step}: loss {loss_value:.4f}, val_loss {val:.4f}")
-            if step % cfg.log_interval == 0 or "val_loss" in record or step == cfg.max_steps:
-                log(record)
-            if stopping:       # any process got SIGINT/SIGTERM: all of them stop after this step
-                name = signal.Signals(stop["signal"]).name if stop["signal"] else "a signal to another process"
-                checkpoint(f"stopped by {name}")
-                if master:
-                    print(f"\n[fit] stopped by {name} at step {step}; checkpoint saved; continue with --resume",
-                          flush=True)
-                break
-            if step % cfg.ckpt_interval == 0 or step == cfg.max_steps:
-                checkpoint("interval" if step < cfg.max_steps else "end")
-                last_ckpt = step
-    finally:
-        train_batches.close()
-        bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        if log_file:
-            log_file.close()
+                        print(f"\n[fit] stopped by {name} at step {step}; checkpoint saved; continue with --resume",
+                              flush=True)
+                    break
+                if step % cfg.ckpt_interval == 0 or step == cfg.max_steps:
+                    save("interval" if step < cfg.max_steps else "end")
+                    last_ckpt = step
+        finally:
+            train_batches.close()
+            bar.close()
+            log.close()
+            decoder.eval()
     if stream.skipped and master:
         print(f"[fit] skipped {stream.skipped} sample(s) with fewer than 2 generated tokens", flush=True)
     if world > 1:

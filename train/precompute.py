@@ -13,19 +13,18 @@ takes every world-th output shard, e.g.
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import time
 
 import torch
 
-from thinkdiff_core.dtypes import DTYPES
+from thinkdiff_core.dtypes import parse_dtype
 from thinkdiff_core.prompts import TRAINING_INSTRUCTIONS
 from thinkdiff_core.vlm import VLMEncoder
 
 from .config import PrecomputeConfig, require
-from .data import encode_sample, image_units
+from .data import Provenance, encode_sample, image_units, write_provenance
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -56,8 +55,7 @@ def sample_plan(seed: int, key: str, instructions) -> tuple[str, int]:
 
 def main(cfg: PrecomputeConfig) -> int:
     require(cfg, "vlm", "data", "out")
-    if cfg.feature_dtype not in DTYPES:
-        raise SystemExit(f"error: --feature-dtype must be one of {', '.join(DTYPES)}, got {cfg.feature_dtype!r}")
+    feature_dtype = parse_dtype(cfg.feature_dtype)
     rank, world, local_rank = dist_env()
     instructions = load_instructions(cfg.instructions)
     units = image_units(cfg.data, cfg.shard_size)
@@ -74,12 +72,8 @@ def main(cfg: PrecomputeConfig) -> int:
         device = f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
     enc = VLMEncoder.from_pretrained(cfg.vlm, dtype=cfg.model_dtype, device=device)
     if rank == 0:   # provenance, and lets `fit` find the VLM's tokenizer
-        info = {"vlm": os.path.abspath(cfg.vlm), "vlm_name": enc.name, "hidden_size": enc.hidden_size,
-                "config": vars(cfg)}
-        tmp = os.path.join(cfg.out, ".precompute.json.tmp")
-        with open(tmp, "w") as fh:
-            json.dump(info, fh, indent=2)
-        os.replace(tmp, os.path.join(cfg.out, "precompute.json"))
+        write_provenance(cfg.out, Provenance(vlm=os.path.abspath(cfg.vlm), vlm_name=enc.name,
+                                             hidden_size=enc.hidden_size, config=vars(cfg)))
 
     import webdataset as wds
     from PIL import Image
@@ -106,7 +100,7 @@ def main(cfg: PrecomputeConfig) -> int:
                 record = {"prompt": instruction, "generated_text": o.text, "output_token_ids": o.token_ids.tolist(),
                           "n_tokens": int(o.token_ids.numel()), "input_prompt": o.prompt, "sampling_seed": seed,
                           "source": meta}
-                sample = encode_sample(key, record, o.hidden, DTYPES[cfg.feature_dtype])
+                sample = encode_sample(key, record, o.hidden, feature_dtype)
                 if cfg.store_image:
                     sample[ext] = data
                 sink.write(sample)

@@ -4,7 +4,8 @@ OUTDIR/qwen2vl  a random tiny Qwen2-VL (hidden 64) with the real Qwen2-VL tokeni
 OUTDIR/t5       a random tiny Flan-T5 layout (d_model 64) with the real T5 tokenizer
 OUTDIR/images   real photos (scikit-image sample data, CC0 / public domain) with one-line captions
 
-The tokenizers come from ComfyUI (comfy/text_encoders/*); set COMFYUI_DIR or pass --comfyui.
+The tokenizers come from ComfyUI (comfy/text_encoders/*): --comfyui, else $COMFYUI_DIR, else ./.comfyui
+(relative to the current directory, where scripts/bootstrap.sh installs it in a checkout).
 Random weights mean gibberish generations: the point is to exercise every step for real.
 """
 from __future__ import annotations
@@ -31,6 +32,11 @@ PHOTOS = {
 }
 
 
+def default_comfyui(given: str | None = None) -> str:
+    """The ComfyUI folder to take tokenizers from: `given`, else $COMFYUI_DIR, else ./.comfyui."""
+    return given or os.environ.get("COMFYUI_DIR") or os.path.abspath(".comfyui")
+
+
 def write_images(dst: str, size: int = 0, names=None) -> list[str]:
     """Copy scikit-image sample photos (optionally resized to size x size) with .txt captions."""
     import skimage
@@ -54,13 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train tiny-models", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("outdir")
-    p.add_argument("--comfyui", default=None, help="ComfyUI checkout with comfy/text_encoders (default: $COMFYUI_DIR, ./.comfyui)")
+    p.add_argument("--comfyui", default=None,
+                   help="ComfyUI folder with comfy/text_encoders (default: $COMFYUI_DIR, else ./.comfyui)")
     p.add_argument("--image-size", type=int, default=128, help="resize the photos to this square size (0 = keep)")
     p.add_argument("--vlm-hidden", type=int, default=64)
     p.add_argument("--t5-dim", type=int, default=64)
     args = p.parse_args(argv)
+    comfyui = default_comfyui(args.comfyui)
     try:
-        qtok, ttok = find_tokenizer("qwen25_tokenizer", args.comfyui), find_tokenizer("t5_tokenizer", args.comfyui)
+        qtok, ttok = find_tokenizer("qwen25_tokenizer", comfyui), find_tokenizer("t5_tokenizer", comfyui)
     except FileNotFoundError as e:
         raise SystemExit(f"error: {e}")
     print("built", build_tiny_qwen2vl(os.path.join(args.outdir, "qwen2vl"), qtok, hidden_size=args.vlm_hidden))

@@ -1,22 +1,18 @@
 """Fixtures of the train/ tests: tiny random models with the real tokenizers, built once per session."""
 from __future__ import annotations
 
-import os
-import sys
 from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # train_helpers (import-mode=importlib)
-
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    from thinkdiff_core.tiny import build_tiny_qwen2vl, build_tiny_t5, find_tokenizer
+def tiny(tmp_path_factory, qwen_tokenizer_dir, t5_tokenizer_dir):
+    from thinkdiff_core.tiny import build_tiny_qwen2vl, build_tiny_t5
     from train.t5 import load_tokenizer
     root = tmp_path_factory.mktemp("tiny")
-    qwen = build_tiny_qwen2vl(root / "qwen2vl", find_tokenizer("qwen25_tokenizer"), hidden_size=64)
-    t5 = build_tiny_t5(root / "t5", find_tokenizer("t5_tokenizer"), d_model=64)
+    qwen = build_tiny_qwen2vl(root / "qwen2vl", qwen_tokenizer_dir, hidden_size=64)
+    t5 = build_tiny_t5(root / "t5", t5_tokenizer_dir, d_model=64)
     return SimpleNamespace(root=root, qwen=str(qwen), t5=str(t5), qwen_tok=load_tokenizer(str(qwen)),
                            t5_tok=load_tokenizer(str(t5)))
 
@@ -24,7 +20,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="session")
 def learn_data(tiny, tmp_path_factory):
     """Feature shards (4 train + 1 val) whose captions are predictable from the features."""
-    from train_helpers import write_learnable_shards
+    from tests.train.train_helpers import write_learnable_shards
     return write_learnable_shards(str(tmp_path_factory.mktemp("learn")), tiny.qwen_tok)
 
 

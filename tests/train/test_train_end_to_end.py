@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from train_helpers import PY, log_records, run
+from tests.train.train_helpers import PY, log_records, run
 
 
 def test_help_lists_the_three_commands():
@@ -53,7 +53,7 @@ def test_precompute_fit_export_load_align(tiny, tmp_path):
     from thinkdiff_core.checkpoint import load_aligner
     from thinkdiff_core.conditioning import align
     from train.data import read_feature_shard
-    from train.export import load_fit_checkpoint
+    from train.checkpoint import load_fit_checkpoint
     aligner, _ = load_aligner(str(out), dtype=torch.float32)
     trained, ckpt, _ = load_fit_checkpoint(str(runs))
     assert ckpt["step"] == 6

@@ -12,10 +12,10 @@ import time
 import pytest
 import torch
 
+from tests.train.train_helpers import PY, REPO, log_records, run
 from train.data import Sample, collate, draw_split, read_feature_shard
 from train.fit import batch_loss, fit
 from train.t5 import load_t5_decoder
-from train_helpers import PY, REPO, log_records, run
 
 
 def _with_features_of(sample: Sample, other: Sample) -> Sample:
@@ -61,6 +61,51 @@ def test_aligner_alone_learns_and_uses_the_features(fit_cfg, tiny, learn_data):
         mismatched = batch_loss(r["aligner"], r["decoder"], collate(swapped, tiny.qwen_tok, tiny.t5_tok, 128), "cpu").item()
     print(f"held-out loss with its own features {matched:.2f}, with another caption's features {mismatched:.2f}")
     assert matched < 0.75 * mismatched
+
+
+def test_aligner_norm_starts_from_the_t5_encoder_final_norm(fit_cfg, tiny):
+    """Spec 1.1: fit copies the T5 encoder's final_layer_norm.weight into the aligner's norm."""
+    import glob
+
+    from safetensors import safe_open
+    want = None
+    for path in glob.glob(os.path.join(tiny.t5, "*.safetensors")):          # read independently of train.t5
+        with safe_open(path, framework="pt") as fh:
+            if "encoder.final_layer_norm.weight" in fh.keys():
+                want = fh.get_tensor("encoder.final_layer_norm.weight").float()
+    assert want is not None and not torch.allclose(want, torch.ones_like(want))   # non-trivial in the tiny T5
+    r = fit(dataclasses.replace(fit_cfg, max_steps=0))                     # set up, no training step
+    assert r["step"] == 0 and r["losses"] == {}
+    torch.testing.assert_close(r["aligner"].norm.weight.detach(), want, rtol=0, atol=0)
+
+
+def test_decoder_dropout_in_training_steps_only(fit_cfg, tmp_path, monkeypatch):
+    """decoder_dropout (default true, as the official trainer): the frozen decoder runs in train mode
+    (dropout active, weights frozen) for training steps and in eval mode for validation."""
+    import train.fit as fit_module
+    calls = []                                   # (training step?, decoder.training, any decoder param trainable)
+
+    def spy(aligner, decoder, batch, device, reduction="mean"):
+        calls.append((reduction == "mean", decoder.training, any(p.requires_grad for p in decoder.parameters())))
+        return batch_loss(aligner, decoder, batch, device, reduction)
+
+    monkeypatch.setattr(fit_module, "batch_loss", spy)
+    cfg = dataclasses.replace(fit_cfg, max_steps=2, val_interval=1)         # validation at steps 0, 1, 2
+    assert cfg.decoder_dropout is True
+    on = fit(dataclasses.replace(cfg, out=str(tmp_path / "on")))
+    assert [c for c in calls if c[0]] == [(True, True, False)] * 2           # 2 training forwards: train mode
+    assert [c for c in calls if not c[0]] == [(False, False, False)] * 6     # 3 passes x 2 batches: eval mode
+    assert not on["decoder"].training                                        # handed back in eval mode
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in on["decoder"].modules())
+    calls.clear()
+    off = fit(dataclasses.replace(cfg, out=str(tmp_path / "off"), decoder_dropout=False))
+    assert {c[1] for c in calls} == {False}
+    # same seed and data: validation of the untrained aligner is identical (deterministic eval mode),
+    # the first training loss is not (dropout masks in the decoder)
+    assert on["val_losses"][0] == off["val_losses"][0]
+    assert on["losses"][1] != off["losses"][1]
+    again = fit(dataclasses.replace(cfg, out=str(tmp_path / "on-again"), max_steps=1))
+    assert again["losses"][1] == on["losses"][1]                             # the masks are seeded
 
 
 def test_resume_reproduces_the_uninterrupted_losses(fit_cfg, tmp_path):

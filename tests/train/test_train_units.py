@@ -3,7 +3,9 @@ split and collate (spec 2.3/2.4), the encoder-free T5 decoder, the data stream's
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import os
 
 import pytest
 import torch
@@ -165,3 +167,67 @@ def test_samples_with_one_token_are_skipped(tmp_path, tiny):
     got = [(s.key, k) for s, k in (x for x, _ in zip(stream, range(3)))]
     assert got == [("pair", 1)] * 3 and stream.skipped >= 1
     assert math.isfinite(collate([(read_feature_shard(path)[1], 1)], tiny.qwen_tok, tiny.t5_tok, 128)["labels"].float().sum())
+
+
+def test_training_checkpoint_format_is_checked_on_read(tmp_path, capsys):
+    import re
+
+    from train import checkpoint
+    from train.__main__ import main
+    out = str(tmp_path / "run")
+    for step in (1, 2, 3):
+        path = checkpoint.save(out, {"step": step, "w": torch.full((2,), float(step))}, keep=2)
+    assert [p.rsplit("/", 1)[1] for p in checkpoint.list_checkpoints(out)] == ["step_00000002.pt", "step_00000003.pt"]
+    assert sorted(os.listdir(checkpoint.folder(out))) == ["step_00000002.pt", "step_00000003.pt"]   # no temp files
+    assert checkpoint.find(out) == path
+    got = checkpoint.load(path)
+    assert (got["format"], got["format_version"], got["step"]) == (checkpoint.FORMAT, checkpoint.VERSION, 3)
+
+    bad = {"version.pt": {"format": checkpoint.FORMAT, "format_version": 99, "step": 1},
+           "other.pt": {"format": "something-else", "step": 1},
+           "state_dict.pt": {"weight": torch.ones(2)},
+           "text.pt": None}
+    for name, content in bad.items():
+        p = str(tmp_path / name)
+        if content is None:
+            with open(p, "w") as fh:
+                fh.write("not a checkpoint")
+        else:
+            torch.save(content, p)
+        with pytest.raises(ValueError, match=re.escape(p)) as e:
+            checkpoint.load(p)
+        assert ("version 99" in str(e.value)) if name == "version.pt" else ("not a checkpoint written by" in str(e.value))
+        # export reports it as an error naming the file, no traceback
+        assert main(["export", "--run", p, "--out", str(tmp_path / "a.safetensors")]) == 2
+        assert p in capsys.readouterr().err
+
+
+def test_provenance_is_found_from_any_data_spelling(tmp_path):
+    from train.data import Provenance, provenance_file, read_provenance, write_provenance
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    assert read_provenance(str(feats)) is None and read_provenance("") is None
+    write_provenance(str(feats), Provenance(vlm="/models/qwen", vlm_name="Qwen2-VL-7B-Instruct", hidden_size=3584,
+                                            config={"seed": 42}))
+    want = str(feats / "precompute.json")
+    for spelling in (str(feats), f"{feats}/000001.tar", f"{feats}/*.tar", f"{feats}/{{000000..000003}}.tar",
+                     f"{feats}/000000.tar, {tmp_path}/elsewhere/000000.tar"):
+        assert provenance_file(spelling) == want
+        p = read_provenance(spelling)
+        assert (p.vlm, p.vlm_name, p.hidden_size, p.config, p.path) == \
+            ("/models/qwen", "Qwen2-VL-7B-Instruct", 3584, {"seed": 42}, want)
+
+
+def test_dtype_options_come_from_the_one_table():
+    from thinkdiff_core import dtypes
+    fit_fields = {f.name: f.metadata["choices"] for f in dataclasses.fields(FitConfig)}
+    assert fit_fields["precision"] == fit_fields["decoder_dtype"] == dtypes.choices(auto=True, only=("fp32", "bf16"))
+    pre = {f.name: f.metadata["choices"] for f in dataclasses.fields(config.PrecomputeConfig)}
+    assert pre["feature_dtype"] == dtypes.choices() and pre["model_dtype"] == dtypes.choices(auto=True)
+    with pytest.raises(SystemExit):                                       # the command line checks choices
+        parse(["--precision", "fp16"])
+    with pytest.raises(SystemExit, match="--decoder-dtype must be one of auto, fp32, bf16"):   # YAML / Python
+        config.require(FitConfig(decoder_dtype="float8"))
+    from train.fit import resolve_precision
+    assert resolve_precision(FitConfig(), torch.device("cpu")) == (torch.float32, torch.float32)
+    assert resolve_precision(FitConfig(precision="bf16"), torch.device("cpu")) == (torch.bfloat16, torch.float32)
