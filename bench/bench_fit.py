@@ -1,15 +1,19 @@
 """Throughput of one `fit` training step (samples/s; on a GPU also MFU), random weights, synthetic batches.
 
 The step is the one train/fit.py runs: aligner (fp32 params) -> frozen T5 decoder as cross-attention
-memory -> token CE, backward into the aligner only, AdamW step; bf16 autocast + bf16 decoder on a GPU.
+memory -> token CE, backward into the aligner only, AdamW step; bf16 autocast + bf16 decoder on a GPU;
+the decoder in train mode (dropout 0.1 active) as fit's default --decoder-dropout true runs it.
 Every sample has the worst-case shape: a full prefix and full labels (no padding).
 
-    python bench/bench_fit.py                       # tiny shapes (aligner 64->64, T5 d_model 64, 2 layers)
-    python bench/bench_fit.py --real                # paper shapes: aligner 3584->4096, flan-t5-xxl-sized
+Run from the repository root:
+
+    python -m bench.bench_fit                       # tiny shapes (aligner 64->64, T5 d_model 64, 2 layers)
+    python -m bench.bench_fit --real                # paper shapes: aligner 3584->4096, flan-t5-xxl-sized
                                                     # decoder (4096, 24 layers, 64 heads x 64, d_ff 10240,
                                                     # vocab 32128), bf16, batch 32, 128 prefix / 128 labels
-    python bench/bench_fit.py --real --layers 1 --batch-size 2 --device cpu --precision fp32   # reduced depth
-    python bench/bench_fit.py --collate             # also time the data path (collate with the real tokenizers)
+    python -m bench.bench_fit --real --layers 1 --batch-size 2 --device cpu --precision fp32   # reduced depth
+    python -m bench.bench_fit --collate             # also time the data path (collate with the real tokenizers;
+                                                    # from --comfyui, else $COMFYUI_DIR, else ./.comfyui)
 
 MFU = model FLOPs per second / peak dense bf16 FLOP/s (--peak-tflops, default 989 = H100 SXM).
 Model FLOPs (per sample, multiply-add = 2): forward of the aligner over P prefix rows and of the
@@ -23,17 +27,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from thinkdiff_core.aligner import Aligner  # noqa: E402
-from train.config import FitConfig  # noqa: E402
-from train.fit import batch_loss, make_optimizer  # noqa: E402
-from train.t5 import random_t5_decoder  # noqa: E402
+from thinkdiff_core.aligner import Aligner
+from thinkdiff_core.dtypes import dtype_name
+from train.config import TRAIN_DTYPE, FitConfig
+from train.fit import autocast_for, batch_loss, make_optimizer, resolve_precision
+from train.t5 import random_t5_decoder
 
 
 def flops_per_sample(a: dict, t: dict, P: int, L: int) -> dict:
@@ -52,8 +54,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--real", action="store_true", help="paper shapes (defaults below switch to them)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast + bf16 decoder on GPU, fp32 on CPU")
+    p.add_argument("--precision", choices=TRAIN_DTYPE, default="auto",
+                   help="autocast and decoder dtype, as fit resolves them: auto = bf16 on a GPU that supports "
+                        "it, else fp32")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--prefix", type=int, default=128)
     p.add_argument("--labels", type=int, default=128)
@@ -61,8 +64,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
+    p.add_argument("--no-decoder-dropout", action="store_true",
+                   help="decoder in eval mode, as fit --decoder-dropout false")
     p.add_argument("--collate", action="store_true", help="also time collate() with the real tokenizers")
     p.add_argument("--collate-only", action="store_true", help="only time collate() (no model)")
+    p.add_argument("--comfyui", default=None,
+                   help="ComfyUI folder whose tokenizers --collate uses (default: $COMFYUI_DIR, else ./.comfyui)")
     args = p.parse_args()
 
     from transformers import T5Config
@@ -75,14 +82,13 @@ def main() -> None:
         t = dict(d_model=64, num_layers=args.layers or 2, num_heads=4, d_kv=16, d_ff=128, vocab_size=32128)
         bs, steps, warm = args.batch_size or 32, args.steps or 20, args.warmup if args.warmup is not None else 3
     device = torch.device(args.device)
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    dec_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    precision, dec_dtype = resolve_precision(FitConfig(precision=args.precision, decoder_dtype=args.precision), device)
     cfg_t5 = T5Config(**t, num_decoder_layers=t["num_layers"], feed_forward_proj="gated-gelu",
                       tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
 
     if args.collate_only:
-        return time_collate(a["in"], bs)
-    decoder = random_t5_decoder(cfg_t5, dec_dtype, device)
+        return time_collate(a["in"], bs, args.comfyui)
+    decoder = random_t5_decoder(cfg_t5, dec_dtype, device).train(not args.no_decoder_dropout)
     torch.manual_seed(0)
     aligner = Aligner(a["in"], a["out"], a["hidden"]).to(device)
     optimizer = make_optimizer(aligner, FitConfig())
@@ -93,10 +99,10 @@ def main() -> None:
              "labels": torch.randint(2, 32000, (bs, L), generator=g),
              "decoder_attention_mask": torch.ones(bs, L, dtype=torch.long)}
     batch["decoder_input_ids"] = torch.cat([torch.zeros(bs, 1, dtype=torch.long), batch["labels"][:, :-1]], 1)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = autocast_for(device, precision)
 
     def step() -> float:
-        with autocast:
+        with autocast():
             loss = batch_loss(aligner, decoder, batch, device)
         loss.backward()
         optimizer.step()
@@ -122,8 +128,8 @@ def main() -> None:
           f"torch {torch.__version__} | threads {torch.get_num_threads()}"
           + (f" | {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
     print(f"shapes: aligner {a['in']}->{a['hidden']}->{a['out']}, decoder d_model {t['d_model']} x {t['num_layers']} "
-          f"layers ({n_dec / 1e6:.1f} M params, {dec_dtype}), heads {t['num_heads']}x{t['d_kv']}, d_ff {t['d_ff']}, "
-          f"vocab {t['vocab_size']}; batch {bs}, prefix {P}, labels {L}; precision {precision}; device {device}")
+          f"layers ({n_dec / 1e6:.1f} M params, {dtype_name(dec_dtype)}, dropout {'off' if args.no_decoder_dropout else 'on'}), heads {t['num_heads']}x{t['d_kv']}, d_ff {t['d_ff']}, "
+          f"vocab {t['vocab_size']}; batch {bs}, prefix {P}, labels {L}; precision {dtype_name(precision)}; device {device}")
     print(f"step {dt * 1000:.1f} ms  ->  {bs / dt:.1f} samples/s  "
           f"({f['train'] * bs / dt / 1e12:.3f} model TFLOP/s; {f['train'] / 1e9:.1f} GFLOP per sample)")
     if device.type == "cuda":
@@ -131,16 +137,18 @@ def main() -> None:
               f"peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
 
     if args.collate:
-        time_collate(a["in"], bs)
+        time_collate(a["in"], bs, args.comfyui)
 
 
-def time_collate(in_dim: int, bs: int) -> None:
+def time_collate(in_dim: int, bs: int, comfyui: str | None = None) -> None:
     """The data path of one batch: decode the stored states, Qwen-decode the suffix, T5-tokenise."""
-
     from thinkdiff_core.tiny import find_tokenizer
     from train.data import Sample, collate, draw_split, encode_sample
     from train.t5 import load_tokenizer
-    qtok, ttok = load_tokenizer(find_tokenizer("qwen25_tokenizer")), load_tokenizer(find_tokenizer("t5_tokenizer"))
+    from train.tiny import default_comfyui
+    comfyui = default_comfyui(comfyui)
+    qtok = load_tokenizer(find_tokenizer("qwen25_tokenizer", comfyui))
+    ttok = load_tokenizer(find_tokenizer("t5_tokenizer", comfyui))
     text = ("A detailed photograph of a red vintage car parked on a cobblestone street in front of a small "
             "cafe with green shutters, warm evening light, people sitting at tables outside. ") * 12
     ids = qtok(text, add_special_tokens=False)["input_ids"][:255] + [qtok.convert_tokens_to_ids("<|im_end|>")]
@@ -155,6 +163,7 @@ def time_collate(in_dim: int, bs: int) -> None:
         collate(items, qtok, ttok, 128)
     print(f"collate (torch.load of {bs} x [{len(ids)}, {in_dim}] bf16 + Qwen decode + T5 tokenise): "
           f"{(time.perf_counter() - t0) / 5 * 1000:.1f} ms per batch of {bs} (one CPU process)")
+
 
 if __name__ == "__main__":
     main()
