@@ -9,14 +9,16 @@
 #  5. writes the image and the VLM's text to the output folder (default ./demo_output) and prints it.
 # With random weights the image is noise and the text gibberish: this shows the pack working, not
 # ThinkDiff's quality. For real models see the README ("Run it with real models").
-# Options are passed to scripts/run_workflow.py, e.g. --steps 28 --width 512 --height 512.
+# Options are passed to `python -m devtools.run_workflow`, e.g. --steps 28 --width 512 --height 512.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${THINKDIFF_OUT:-$ROOT/demo_output}"
+OUT="$(realpath -m "${THINKDIFF_OUT:-$ROOT/demo_output}")"
+COMFY="$(realpath -m "${COMFYUI_DIR:-$ROOT/.comfyui}")"
 bash "$ROOT/scripts/bootstrap.sh"
 PY="${THINKDIFF_VENV:-$ROOT/.venv}/bin/python"
-"$PY" "$ROOT/scripts/run_workflow.py" "$ROOT/workflows/thinkdiff_in_context_reasoning.json" "$OUT" \
-    --comfyui "${COMFYUI_DIR:-$ROOT/.comfyui}" --base-dir "$ROOT/.cache/quickstart" --demo-models \
+cd "$ROOT"   # devtools runs as a package (python -m) from the repository root
+"$PY" -m devtools.run_workflow workflows/thinkdiff_in_context_reasoning.json "$OUT" \
+    --comfyui "$COMFY" --base-dir "$ROOT/.cache/quickstart" --demo-models \
     --steps 4 --width 256 --height 256 "$@"
 echo "ThinkDiff quick start: image and VLM text written to $OUT"
 ls -l "$OUT"

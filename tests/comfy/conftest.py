@@ -1,21 +1,15 @@
 """A real ComfyUI 0.3.75 server with the ThinkDiff pack and random-weight demo models, shared by the
-whole node suite (one server, models built once per session)."""
+whole node suite (one server, models built once per session). ``server`` is the process (its log,
+its base folder), ``client`` talks to it over HTTP. ``comfy_dir`` comes from tests/conftest.py."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-
-import comfy_server  # noqa: E402
-import ui_to_api  # noqa: E402
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from devtools import comfy_server, demo_models, ui_to_api
 
 
 def pytest_collection_modifyitems(config, items):
@@ -25,22 +19,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def comfy_dir() -> str:
-    d = comfy_server.comfyui_dir()
-    if not os.path.isfile(os.path.join(d, "main.py")):
-        pytest.fail(f"ComfyUI not found at {d} (no main.py): run scripts/bootstrap.sh or set COMFYUI_DIR to a "
-                    f"ComfyUI 0.3.75 folder. The node suite needs a real ComfyUI and is never skipped.",
-                    pytrace=False)
-    return d
-
-
-@pytest.fixture(scope="session")
 def server(comfy_dir, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("comfy_base"))
     t = time.time()
-    subprocess.run([comfy_server.server_python(), os.path.join(ROOT, "scripts", "demo_models.py"),
-                    os.path.join(base, "models"), "--comfyui", comfy_dir], check=True,
-                   stdout=subprocess.DEVNULL)
+    # the FLUX/VAE layouts come from ComfyUI's classes: built in a child process where comfy imports
+    demo_models.build_in_subprocess(os.path.join(base, "models"), comfy_dir)
     # a file that is not an aligner, for the bad-input tests
     with open(os.path.join(base, "models", "thinkdiff", "broken_aligner.pth"), "wb") as f:
         f.write(b"this is not a checkpoint\n" * 10)
@@ -56,8 +39,13 @@ def server(comfy_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def object_info(server) -> dict:
-    return server.get("/object_info")
+def client(server):
+    return server.client()
+
+
+@pytest.fixture(scope="session")
+def object_info(client) -> dict:
+    return client.object_info()
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,8 @@ import urllib.request
 
 import pytest
 
-import comfy_server  # scripts/ (put on sys.path by conftest.py)
-import make_workflows
-import run_workflow
+from devtools import comfy_client, comfy_server, make_workflows, paths, run_workflow
 
-ROOT = comfy_server.ROOT
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 JS = "dynamic_image_slots.js"
 EXT_URL = f"/extensions/{comfy_server.PACK_NAME}/{JS}"
@@ -44,13 +41,16 @@ JS_HELPERS = """
 """
 
 
-def test_extension_js_is_served_and_loads_without_errors(server, fe):
-    with urllib.request.urlopen(server.url + EXT_URL, timeout=30) as r:
+def test_extension_js_is_served_and_loads_without_errors(client, fe):
+    with urllib.request.urlopen(client.url + EXT_URL, timeout=30) as r:
         assert r.status == 200
         assert "registerExtension" in r.read().decode()
-    assert EXT_URL in server.get("/extensions")
+    assert EXT_URL in client.get("/extensions")
+    # offline, the frontend's look-ups of loaded packs in the online registry (api.comfy.org/nodes?node_id=
+    # thinkdiff) fail once a workflow of ours was loaded: expected and not the extension's doing
     ours = [c for c in fe.console
-            if c[0] in ("error", "pageerror") and any(k in (c[1] + c[2]).lower() for k in ("thinkdiff", JS))]
+            if c[0] in ("error", "pageerror") and any(k in (c[1] + c[2]).lower() for k in ("thinkdiff", JS))
+            and not c[2].startswith("https://api.comfy.org/")]
     assert ours == [], ours
 
 
@@ -98,7 +98,7 @@ def test_image_slots_grow_and_shrink(fe):
 def test_shipped_workflow_loads_with_trimmed_slots_and_round_trips(name, fe, object_info):
     """The shipped files list all six image slots: loading keeps the links, shows the connected
     images plus one empty slot, and saving + reloading gives the same prompt."""
-    with open(os.path.join(ROOT, "workflows", name + ".json")) as f:
+    with open(os.path.join(paths.WORKFLOWS, name + ".json")) as f:
         wf = json.load(f)
     enc = next(n for n in wf["nodes"] if n["type"] == "ThinkDiffVLMEncode")
     connected = [i["name"] for i in enc["inputs"] if i["name"].startswith("image_") and i.get("link") is not None]
@@ -122,7 +122,7 @@ def test_shipped_workflow_loads_with_trimmed_slots_and_round_trips(name, fe, obj
     assert sorted(k for k in out["prompt"][enc_id]["inputs"] if k.startswith("image_")) == connected
 
 
-def test_workflow_built_in_the_frontend_runs(server, fe):
+def test_workflow_built_in_the_frontend_runs(client, fe):
     """make_workflows builds the graph by connecting image_1, then image_2 (which only exists once
     image_1 is connected); the built workflow gives the same prompt as the shipped one and runs."""
     name = "thinkdiff_in_context_reasoning"
@@ -130,7 +130,7 @@ def test_workflow_built_in_the_frontend_runs(server, fe):
     enc = next(n for n in built["nodes"] if n["type"] == "ThinkDiffVLMEncode")
     assert [i["name"] for i in enc["inputs"] if i["name"].startswith("image_")] == ["image_1", "image_2", "image_3"]
     api = fe.to_api(built)
-    with open(os.path.join(ROOT, "workflows", name + ".json")) as f:
+    with open(os.path.join(paths.WORKFLOWS, name + ".json")) as f:
         shipped = fe.to_api(json.load(f))
 
     def canon(p):   # node ids may differ: compare by the sorted (class, inputs) with links by class
@@ -142,7 +142,7 @@ def test_workflow_built_in_the_frontend_runs(server, fe):
     enc_inputs = next(v["inputs"] for v in api.values() if v["class_type"] == "ThinkDiffVLMEncode")
     assert {k for k in enc_inputs if k.startswith("image_")} == {"image_1", "image_2"}
     prompt = run_workflow.apply_overrides(api, **FAST, inputs={"ThinkDiffVLMEncode": {"max_new_tokens": 8}})
-    entry = server.run(prompt, timeout=600)
-    err = comfy_server.execution_error(entry)
-    assert err is None, f"execution error: {err and err.get('exception_message')}\n{server.log_tail(30)}"
-    assert entry["status"]["status_str"] == "success" and comfy_server.output_images(entry)
+    entry = client.run(prompt, timeout=600)
+    err = comfy_client.execution_error(entry)
+    assert err is None, f"execution error: {err and err.get('exception_message')}\n{client.describe()}"
+    assert entry["status"]["status_str"] == "success" and comfy_client.output_images(entry)

@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import comfy_server  # scripts/ (put on sys.path by conftest.py)
-import run_workflow
-import ui_to_api
+from devtools import comfy_client, comfy_server, paths, run_workflow, ui_to_api
+from thinkdiff_core import release
 
-ROOT = comfy_server.ROOT
+ROOT = paths.ROOT
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
+WORKFLOWS = sorted(glob.glob(os.path.join(paths.WORKFLOWS, "*.json")))
 FAST = dict(steps=1, width=64, height=64, demo_models=True)
 FAST_VLM = {"ThinkDiffVLMEncode": {"max_new_tokens": 8}}
 NODES = {
@@ -36,18 +35,18 @@ NODES = {
 
 
 def load_workflow(name: str) -> dict:
-    with open(os.path.join(ROOT, "workflows", name)) as f:
+    with open(os.path.join(paths.WORKFLOWS, name)) as f:
         return json.load(f)
 
 
-def to_api(workflow, server, frontend, object_info) -> dict:
+def to_api(workflow, frontend, object_info) -> dict:
     if frontend is not None:
         return frontend.to_api(workflow)
     return ui_to_api.python_convert(workflow, object_info)
 
 
-def prompt_for(name, server, frontend, object_info, inputs=None, **kw) -> dict:
-    api = to_api(load_workflow(name), server, frontend, object_info)
+def prompt_for(name, frontend, object_info, inputs=None, **kw) -> dict:
+    api = to_api(load_workflow(name), frontend, object_info)
     return run_workflow.apply_overrides(api, **{**FAST, **kw}, inputs={**FAST_VLM, **(inputs or {})})
 
 
@@ -55,23 +54,23 @@ def node_id(prompt: dict, class_type: str) -> str:
     return next(k for k, v in prompt.items() if v["class_type"] == class_type)
 
 
-def image_array(server, entry) -> np.ndarray:
-    imgs = comfy_server.output_images(entry)
+def image_array(client, entry) -> np.ndarray:
+    imgs = comfy_client.output_images(entry)
     assert imgs, f"no output image; status: {entry.get('status')}"
-    return np.asarray(Image.open(io.BytesIO(run_workflow.fetch_image(server.url, imgs[0]))).convert("RGB"))
+    return np.asarray(Image.open(io.BytesIO(client.image(imgs[0]))).convert("RGB"))
 
 
-def run_ok(server, prompt) -> dict:
-    entry = server.run(prompt, timeout=600)
-    err = comfy_server.execution_error(entry)
-    assert err is None, f"execution error: {err and err.get('exception_message')}\n{server.log_tail(30)}"
+def run_ok(client, prompt) -> dict:
+    entry = client.run(prompt, timeout=600)
+    err = comfy_client.execution_error(entry)
+    assert err is None, f"execution error: {err and err.get('exception_message')}\n{client.describe()}"
     assert entry["status"]["status_str"] == "success"
     return entry
 
 
-def run_error(server, prompt) -> str:
-    entry = server.run(prompt, timeout=600)
-    err = comfy_server.execution_error(entry)
+def run_error(client, prompt) -> str:
+    entry = client.run(prompt, timeout=600)
+    err = comfy_client.execution_error(entry)
     assert err is not None, f"expected an execution error, got status {entry['status']}"
     return f"{err['node_type']}: {err['exception_message']}"
 
@@ -95,7 +94,8 @@ def test_object_info_lists_the_four_nodes(object_info):
     assert enc["stop_at_eos"][1]["default"] is False
     assert enc["preset"][1]["options"] == ["in_context", "image_text", "two_images", "custom"]
     assert object_info["ThinkDiffConditioning"]["input"]["required"]["guidance"][1]["default"] == 3.5
-    assert object_info["ThinkDiffLoadVLM"]["input"]["required"]["dtype"][1]["options"] == ["auto", "bf16", "fp16", "fp32"]
+    vlm_dtypes = object_info["ThinkDiffLoadVLM"]["input"]["required"]["dtype"][1]["options"]
+    assert vlm_dtypes[0] == "auto" and sorted(vlm_dtypes) == ["auto", "bf16", "fp16", "fp32"]
     assert object_info["ThinkDiffVLMEncode"]["output"] == ["THINKDIFF_EMBEDS", "STRING"]
     assert object_info["ThinkDiffConditioning"]["output"] == ["CONDITIONING"]
     # the demo model folders/files are listed
@@ -103,8 +103,8 @@ def test_object_info_lists_the_four_nodes(object_info):
     assert "thinkdiff-demo-aligner.pth" in object_info["ThinkDiffLoadAligner"]["input"]["required"]["aligner_name"][1]["options"]
 
 
-def test_workflows_are_served_as_templates(server):
-    templates = server.get("/workflow_templates")
+def test_workflows_are_served_as_templates(client):
+    templates = client.get("/workflow_templates")
     assert sorted(templates.get(comfy_server.PACK_NAME, [])) == sorted(
         os.path.splitext(os.path.basename(w))[0] for w in WORKFLOWS)
 
@@ -135,15 +135,15 @@ def test_frontend_and_python_converters_agree(path, frontend, object_info):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(w) for w in WORKFLOWS])
-def test_workflow_runs_end_to_end(path, server, frontend, object_info):
-    prompt = prompt_for(os.path.basename(path), server, frontend, object_info)
+def test_workflow_runs_end_to_end(path, client, frontend, object_info):
+    prompt = prompt_for(os.path.basename(path), frontend, object_info)
     assert {n["class_type"] for n in prompt.values()} >= {
         "ThinkDiffLoadAligner", "ThinkDiffLoadVLM", "ThinkDiffVLMEncode", "ThinkDiffConditioning",
         "UNETLoader", "CLIPLoader", "VAELoader", "LoadImage", "VAEDecode", "SaveImage"}
     t = time.time()
-    entry = run_ok(server, prompt)
+    entry = run_ok(client, prompt)
     print(f"\n{os.path.basename(path)}: {time.time() - t:.1f} s")
-    img = image_array(server, entry)
+    img = image_array(client, entry)
     assert img.shape == (64, 64, 3) and img.std() > 0
     enc = node_id(prompt, "ThinkDiffVLMEncode")
     text = entry["outputs"][enc]["text"][0]
@@ -154,31 +154,31 @@ def test_workflow_runs_end_to_end(path, server, frontend, object_info):
 
 # --- caching -----------------------------------------------------------------------------------------
 
-def test_requeue_does_not_run_the_vlm_again(server, frontend, object_info):
-    prompt = prompt_for("thinkdiff_image_text.json", server, frontend, object_info, seed=4242)
+def test_requeue_does_not_run_the_vlm_again(client, frontend, object_info):
+    prompt = prompt_for("thinkdiff_image_text.json", frontend, object_info, seed=4242)
     enc = node_id(prompt, "ThinkDiffVLMEncode")
-    first = run_ok(server, prompt)
-    second = run_ok(server, copy.deepcopy(prompt))
-    cached = [set(d["nodes"]) for k, d in comfy_server.history_messages(second) if k == "execution_cached"]
+    first = run_ok(client, prompt)
+    second = run_ok(client, copy.deepcopy(prompt))
+    cached = [set(d["nodes"]) for k, d in comfy_client.history_messages(second) if k == "execution_cached"]
     assert cached and enc in cached[0], f"the VLM node was not served from the cache: {cached}"
     show = node_id(prompt, "PreviewAny")   # an output node: its (cached) ui is in every history entry
     assert second["outputs"][show]["text"] == first["outputs"][show]["text"] == first["outputs"][enc]["text"]
     # and a changed seed does run it again
-    third = run_ok(server, run_workflow.apply_overrides(prompt, seed=4243))
-    cached3 = [set(d["nodes"]) for k, d in comfy_server.history_messages(third) if k == "execution_cached"]
+    third = run_ok(client, run_workflow.apply_overrides(prompt, seed=4243))
+    cached3 = [set(d["nodes"]) for k, d in comfy_client.history_messages(third) if k == "execution_cached"]
     assert enc not in (cached3[0] if cached3 else set())
 
 
 # --- progress ----------------------------------------------------------------------------------------
 
-def test_progress_bar_advances_per_generated_token(server, frontend, object_info):
+def test_progress_bar_advances_per_generated_token(client, frontend, object_info):
     """The UI's progress bar for VLM Encode Multimodal gets one update per generated token, as the
     frontend receives them over the /ws websocket."""
     import asyncio
     import uuid
 
     import aiohttp
-    prompt = run_workflow.apply_overrides(prompt_for("thinkdiff_image_text.json", server, frontend, object_info),
+    prompt = run_workflow.apply_overrides(prompt_for("thinkdiff_image_text.json", frontend, object_info),
                                           seed=5151, inputs={"ThinkDiffVLMEncode": {"max_new_tokens": 12}})
     enc = node_id(prompt, "ThinkDiffVLMEncode")
     client_id = f"thinkdiff-test-{uuid.uuid4().hex[:8]}"
@@ -186,8 +186,8 @@ def test_progress_bar_advances_per_generated_token(server, frontend, object_info
     async def collect() -> list[dict]:
         events = []
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{server.url}/ws?clientId={client_id}") as ws:
-                async with session.post(f"{server.url}/prompt", json={"prompt": prompt, "client_id": client_id}) as r:
+            async with session.ws_connect(f"{client.url}/ws?clientId={client_id}") as ws:
+                async with session.post(f"{client.url}/prompt", json={"prompt": prompt, "client_id": client_id}) as r:
                     prompt_id = (await r.json())["prompt_id"]
                 async for msg in ws:
                     if msg.type != aiohttp.WSMsgType.TEXT:
@@ -208,30 +208,30 @@ def test_progress_bar_advances_per_generated_token(server, frontend, object_info
 
 # --- the conditioning reaches FLUX -------------------------------------------------------------------
 
-def test_vlm_output_changes_the_image(server, frontend, object_info):
+def test_vlm_output_changes_the_image(client, frontend, object_info):
     """Fails if the ThinkDiff conditioning were replaced by zeros (or did not depend on the VLM)."""
-    base = prompt_for("thinkdiff_in_context_reasoning.json", server, frontend, object_info)
-    a = image_array(server, run_ok(server, run_workflow.apply_overrides(base, seed=11)))
-    b = image_array(server, run_ok(server, run_workflow.apply_overrides(base, seed=12)))
+    base = prompt_for("thinkdiff_in_context_reasoning.json", frontend, object_info)
+    a = image_array(client, run_ok(client, run_workflow.apply_overrides(base, seed=11)))
+    b = image_array(client, run_ok(client, run_workflow.apply_overrides(base, seed=12)))
     assert np.abs(a.astype(int) - b.astype(int)).mean() > 0.5, "two different VLM generations gave the same image"
     # the same graph with the positive conditioning zeroed out (ConditioningZeroOut) differs too
     zeroed = copy.deepcopy(run_workflow.apply_overrides(base, seed=11))
     cond = node_id(zeroed, "ThinkDiffConditioning")
     zeroed["zero_pos"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": [cond, 0]}}
     zeroed[node_id(zeroed, "KSampler")]["inputs"]["positive"] = ["zero_pos", 0]
-    z = image_array(server, run_ok(server, zeroed))
+    z = image_array(client, run_ok(client, zeroed))
     assert np.abs(a.astype(int) - z.astype(int)).mean() > 0.5, "the ThinkDiff conditioning had no effect"
 
 
-def test_clip_pooled_vector_reaches_flux(server, frontend, object_info):
+def test_clip_pooled_vector_reaches_flux(server, client, frontend, object_info):
     """With CLIP connected the pooled vector is CLIP-L's output of "" (the paper); without it, zeros
     and a warning in the log. The two must give different images."""
-    with_clip = run_workflow.apply_overrides(prompt_for("thinkdiff_in_context_reasoning.json", server, frontend,
+    with_clip = run_workflow.apply_overrides(prompt_for("thinkdiff_in_context_reasoning.json", frontend,
                                                         object_info), seed=21)
     without = copy.deepcopy(with_clip)
     del without[node_id(without, "ThinkDiffConditioning")]["inputs"]["clip"]
-    a = image_array(server, run_ok(server, with_clip))
-    b = image_array(server, run_ok(server, without))
+    a = image_array(client, run_ok(client, with_clip))
+    b = image_array(client, run_ok(client, without))
     assert np.abs(a.astype(int) - b.astype(int)).mean() > 0.5, "the CLIP pooled vector had no effect"
     assert "no CLIP-L pooled vector given, using zeros" in server.log_tail(200)
 
@@ -239,85 +239,85 @@ def test_clip_pooled_vector_reaches_flux(server, frontend, object_info):
 # --- readable errors ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def base_prompt(server, frontend, object_info):
-    return prompt_for("thinkdiff_in_context_reasoning.json", server, frontend, object_info, seed=777)
+def base_prompt(client, frontend, object_info):
+    return prompt_for("thinkdiff_in_context_reasoning.json", frontend, object_info, seed=777)
 
 
-def test_error_wrong_aligner_file(server, base_prompt):
+def test_error_wrong_aligner_file(client, base_prompt):
     p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffLoadAligner": {"aligner_name": "broken_aligner.pth"}})
-    msg = run_error(server, p)
+    msg = run_error(client, p)
     assert "broken_aligner.pth" in msg and "not a PyTorch checkpoint" in msg, msg
 
 
-def test_error_hidden_size_mismatch(server, base_prompt):
+def test_error_hidden_size_mismatch(client, base_prompt):
     p = run_workflow.apply_overrides(base_prompt, inputs={
         "ThinkDiffLoadAligner": {"aligner_name": "thinkdiff-demo-aligner-3584.safetensors"}})
-    msg = run_error(server, p)
+    msg = run_error(client, p)
     assert "hidden size 64" in msg and "expects 3584" in msg, msg
 
 
-def test_error_in_context_without_images(server, base_prompt):
+def test_error_in_context_without_images(client, base_prompt):
     p = copy.deepcopy(base_prompt)
     enc = p[node_id(p, "ThinkDiffVLMEncode")]["inputs"]
     for k in [k for k in enc if k.startswith("image_")]:
         del enc[k]
     for k in [k for k, v in p.items() if v["class_type"] == "LoadImage"]:
         del p[k]
-    msg = run_error(server, p)
+    msg = run_error(client, p)
     assert "in-context preset needs at least one example image" in msg, msg
 
 
-def test_error_words_do_not_match_images(server, base_prompt):
+def test_error_words_do_not_match_images(client, base_prompt):
     p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffVLMEncode": {"text": "red, blue"}})
-    msg = run_error(server, p)
+    msg = run_error(client, p)
     assert "2 image(s) need 3 words" in msg, msg
 
 
-def test_error_missing_vlm_folder(server, base_prompt):
-    p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffLoadVLM": {"vlm_name": "Qwen2-VL-7B-Instruct"}})
-    answer = server.queue(p)
+def test_error_missing_vlm_folder(client, base_prompt):
+    p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffLoadVLM": {"vlm_name": release.VLM_NAME}})
+    answer = client.queue(p)
     assert "prompt_id" not in answer, "a missing VLM folder must be refused before running"
-    msg = comfy_server.format_prompt_error(answer)
-    assert "VLM folder 'Qwen2-VL-7B-Instruct' not found in models/LLM" in msg and "Put the Qwen2-VL model folder" in msg, msg
+    msg = comfy_client.format_prompt_error(answer)
+    assert f"VLM folder '{release.VLM_NAME}' not found in models/{release.VLM_FOLDER}" in msg and "Put the Qwen2-VL model folder" in msg, msg
 
 
-def test_error_missing_aligner_file(server, base_prompt):
-    p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffLoadAligner": {"aligner_name": "thinkdiff_lvlm.pth"}})
-    answer = server.queue(p)
+def test_error_missing_aligner_file(client, base_prompt):
+    p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffLoadAligner": {"aligner_name": release.ALIGNER_LVLM_FILE}})
+    answer = client.queue(p)
     # the VLM text preview does not need the aligner, so ComfyUI may still run that part of the graph;
     # the image branch is refused with a readable node error either way
-    msg = comfy_server.format_prompt_error(answer)
-    assert "aligner file 'thinkdiff_lvlm.pth' not found in models/thinkdiff" in msg, answer
+    msg = comfy_client.format_prompt_error(answer)
+    assert f"aligner file '{release.ALIGNER_LVLM_FILE}' not found in models/{release.ALIGNER_FOLDER}" in msg, answer
     assert "Put the ThinkDiff aligner" in msg
     if "prompt_id" in answer:
-        entry = server.wait(answer["prompt_id"])
-        assert not comfy_server.output_images(entry)
+        entry = client.wait(answer["prompt_id"])
+        assert not comfy_client.output_images(entry)
 
 
 # --- interrupt ---------------------------------------------------------------------------------------
 
-def test_interrupt_during_generation(server, frontend, object_info):
-    prompt = prompt_for("thinkdiff_image_text.json", server, frontend, object_info, seed=99,
+def test_interrupt_during_generation(client, frontend, object_info):
+    prompt = prompt_for("thinkdiff_image_text.json", frontend, object_info, seed=99,
                         inputs={"ThinkDiffVLMEncode": {"max_new_tokens": 4000}})
-    r = server.queue(prompt)
+    r = client.queue(prompt)
     pid = r["prompt_id"]
     # wait until the VLM is generating (the log line of the loaded VLM / the queue shows it running)
     deadline = time.time() + 120
     while time.time() < deadline:
-        if server.get("/queue")["queue_running"]:
+        if client.get("/queue")["queue_running"]:
             break
         time.sleep(0.2)
     time.sleep(3.0)
     t = time.time()
-    server.interrupt()
-    entry = server.wait(pid, timeout=120)
+    client.interrupt()
+    entry = client.wait(pid, timeout=120)
     stopped_after = time.time() - t
-    kinds = [k for k, _ in comfy_server.history_messages(entry)]
+    kinds = [k for k, _ in comfy_client.history_messages(entry)]
     assert "execution_interrupted" in kinds, kinds
     assert entry["status"]["status_str"] == "error"
     assert stopped_after < 20, f"generation took {stopped_after:.1f} s to stop"
-    interrupted = dict(comfy_server.history_messages(entry))["execution_interrupted"]
+    interrupted = dict(comfy_client.history_messages(entry))["execution_interrupted"]
     assert interrupted["node_type"] == "ThinkDiffVLMEncode"
     # the server is healthy and the next prompt succeeds
-    assert server.get("/system_stats")
-    run_ok(server, run_workflow.apply_overrides(prompt, inputs={"ThinkDiffVLMEncode": {"max_new_tokens": 8}}))
+    assert client.get("/system_stats")
+    run_ok(client, run_workflow.apply_overrides(prompt, inputs={"ThinkDiffVLMEncode": {"max_new_tokens": 8}}))

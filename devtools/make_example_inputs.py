@@ -4,6 +4,8 @@ All come from scikit-image's bundled sample data (public domain / CC0, see skima
 coffee.png (a cup of coffee, Rachel Michetti), chelsea.png (Chelsea the cat, Stefan van der Walt),
 rocket.jpg (a SpaceX Falcon 9 launch, public domain). The red/blue cups are hue-rotated copies of
 coffee.png for the in-context color task. Re-running gives the same files.
+
+    python -m devtools.make_example_inputs
 """
 import os
 
@@ -11,7 +13,7 @@ import numpy as np
 from PIL import Image
 from skimage import color, data
 
-OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "example_inputs")
+from devtools.paths import EXAMPLE_INPUTS as OUT
 
 
 def save(arr: np.ndarray, name: str, size: int = 192) -> None:
@@ -28,7 +30,7 @@ def hue_shift(rgb: np.ndarray, target_hue: float) -> np.ndarray:
     return (color.hsv2rgb(hsv) * 255).round().astype(np.uint8)
 
 
-if __name__ == "__main__":
+def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     coffee = data.coffee()
     save(hue_shift(coffee, 0.0), "thinkdiff_cup_red.jpg")
@@ -37,3 +39,7 @@ if __name__ == "__main__":
     save(data.rocket(), "thinkdiff_rocket.jpg")
     for f in sorted(os.listdir(OUT)):
         print(f, os.path.getsize(os.path.join(OUT, f)), "bytes")
+
+
+if __name__ == "__main__":
+    main()

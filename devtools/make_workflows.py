@@ -4,7 +4,11 @@ The graphs are described below as node specs; the frontend creates the nodes, se
 connects the links and serializes the graph exactly as ComfyUI's Save does. Needs a server with
 the pack installed: --url of a running one, or one is started on a temporary base directory.
 
-    python scripts/make_workflows.py [--url http://127.0.0.1:8188] [--screenshot docs/reasoning_workflow.png]
+    python -m devtools.make_workflows [--url http://127.0.0.1:8188] [--screenshot docs/reasoning_workflow.png]
+
+Every graph samples FLUX.1-dev as the official diffusers FluxPipeline does: ModelSamplingFlux (max_shift
+1.15, base_shift 0.5) shifts the noise schedule for the image size, and one pair of Int nodes
+("width", "height") feeds both the latent and ModelSamplingFlux, as in ComfyUI's own FLUX templates.
 """
 from __future__ import annotations
 
@@ -15,24 +19,35 @@ import sys
 import tempfile
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import comfy_server  # noqa: E402
-from ui_to_api import BrowserFrontend  # noqa: E402
+from devtools import comfy_server, paths
+from devtools.ui_to_api import BrowserFrontend
+from thinkdiff_core import release
 
-OUT = os.path.join(comfy_server.ROOT, "workflows")
-NOTE = """ThinkDiff + FLUX.1-dev ({title})
+OUT = paths.WORKFLOWS
+WIDTH = HEIGHT = 512
+STEPS = 28
+# FluxPipeline's schedule shift (diffusers' calculate_shift): mu goes from base_shift at 256 image
+# tokens to max_shift at 4096, linear in the token count (W/16)*(H/16)
+MAX_SHIFT, BASE_SHIFT = 1.15, 0.5
+FLUX = release.FLUX_FILES
+NOTE = """ThinkDiff + FLUX.1-dev ({{title}})
 
 Files (ComfyUI/models/...):
-- LLM/Qwen2-VL-7B-Instruct/  (the whole Hugging Face folder: config.json, *.safetensors, tokenizer and preprocessor files)
-- thinkdiff/thinkdiff_lvlm.pth  (ThinkDiff LVLM aligner; .safetensors converted with `python -m thinkdiff_core convert` also works)
-- diffusion_models/flux1-dev.safetensors
-- clip/clip_l.safetensors  (only its pooled output of the empty prompt is used; no T5 needed)
-- vae/ae.safetensors
+- {vlm_folder}/{vlm}/  (the whole Hugging Face folder: config.json, *.safetensors, tokenizer and preprocessor files)
+- {aligner_folder}/{aligner}  (ThinkDiff LVLM aligner; .safetensors converted with `python -m thinkdiff_core convert` also works)
+- diffusion_models/{unet}
+- clip/{clip}  (only its pooled output of the empty prompt is used; no T5 needed)
+- vae/{vae}
 Input images: copy example_inputs/*.jpg of the pack into ComfyUI/input/.
 
-{how}
+{{how}}
 Sampling: FLUX-dev distilled guidance 3.5 in the ThinkDiff Conditioning node, cfg 1 in the sampler
-(negative = ConditioningZeroOut), 28 steps. The VLM's text is shown in the Preview node."""
+(negative = ConditioningZeroOut), {steps} steps. Image size: the "width" and "height" Int nodes feed
+both the latent and ModelSamplingFlux, which shifts the noise schedule for that size as the official
+FluxPipeline does (max_shift {max_shift}, base_shift {base_shift}). The VLM's text is shown in the Preview node.""".format(
+    vlm_folder=release.VLM_FOLDER, vlm=release.VLM_NAME, aligner_folder=release.ALIGNER_FOLDER,
+    aligner=release.ALIGNER_LVLM_FILE, unet=FLUX["diffusion_models"], clip=FLUX["clip"], vae=FLUX["vae"],
+    steps=STEPS, max_shift=MAX_SHIFT, base_shift=BASE_SHIFT)
 
 PROPS = {"cnr_id": "thinkdiff"}
 OURS = {"color": "#335", "bgcolor": "#446", "properties": PROPS}
@@ -41,14 +56,14 @@ OURS = {"color": "#335", "bgcolor": "#446", "properties": PROPS}
 def loaders() -> list[dict]:
     return [
         {"key": "unet", "type": "UNETLoader", "pos": [20, 440],
-         "widgets": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+         "widgets": {"unet_name": FLUX["diffusion_models"], "weight_dtype": "default"}},
         {"key": "clip", "type": "CLIPLoader", "pos": [20, 580],
-         "widgets": {"clip_name": "clip_l.safetensors", "type": "stable_diffusion"}},
-        {"key": "vae", "type": "VAELoader", "pos": [20, 740], "widgets": {"vae_name": "ae.safetensors"}},
+         "widgets": {"clip_name": FLUX["clip"], "type": "stable_diffusion"}},
+        {"key": "vae", "type": "VAELoader", "pos": [20, 740], "widgets": {"vae_name": FLUX["vae"]}},
         {"key": "vlm", "type": "ThinkDiffLoadVLM", "pos": [20, 20],
-         "widgets": {"vlm_name": "Qwen2-VL-7B-Instruct", "dtype": "auto", "keep_loaded": True}, **OURS},
+         "widgets": {"vlm_name": release.VLM_NAME, "dtype": "auto", "keep_loaded": True}, **OURS},
         {"key": "aligner", "type": "ThinkDiffLoadAligner", "pos": [20, 180],
-         "widgets": {"aligner_name": "thinkdiff_lvlm.pth", "dtype": "fp32"}, **OURS},
+         "widgets": {"aligner_name": release.ALIGNER_LVLM_FILE, "dtype": "fp32"}, **OURS},
     ]
 
 
@@ -64,41 +79,50 @@ def middle(n_images: int, preset: str, text: str, prefix: str) -> list[dict]:
          "widgets": {"preset": preset, "text": text, "max_new_tokens": 128, "seed": 0,
                      "control_after_generate": "fixed", "temperature": 0.6, "top_p": 0.9, "stop_at_eos": False},
          "links": links, **OURS},
-        {"key": "show", "type": "PreviewAny", "pos": [800, 700], "size": [400, 200], "title": "VLM text",
+        {"key": "show", "type": "PreviewAny", "pos": [800, 920], "size": [400, 200], "title": "VLM text",
          "links": {"source": ["enc", 1]}},
         {"key": "cond", "type": "ThinkDiffConditioning", "pos": [800, 280],
          "widgets": {"mode": "replace", "aligned_strength": 1.0, "text_strength": 1.0, "guidance": 3.5},
          "links": {"aligner": ["aligner", 0], "embeds": ["enc", 0], "clip": ["clip", 0]}, **OURS},
+        # one source for the image size: the latent and ModelSamplingFlux read the same two Int nodes
+        {"key": "width", "type": "PrimitiveInt", "pos": [800, 700], "title": "width",
+         "widgets": {"value": WIDTH, "control_after_generate": "fixed"}},
+        {"key": "height", "type": "PrimitiveInt", "pos": [800, 810], "title": "height",
+         "widgets": {"value": HEIGHT, "control_after_generate": "fixed"}},
         {"key": "latent", "type": "EmptySD3LatentImage", "pos": [800, 560],
-         "widgets": {"width": 512, "height": 512, "batch_size": 1}},
-        {"key": "decode", "type": "VAEDecode", "pos": [1600, 280],
+         "widgets": {"width": WIDTH, "height": HEIGHT, "batch_size": 1},
+         "links": {"width": ["width", 0], "height": ["height", 0]}},
+        {"key": "msf", "type": "ModelSamplingFlux", "pos": [1040, 560],
+         "widgets": {"max_shift": MAX_SHIFT, "base_shift": BASE_SHIFT, "width": WIDTH, "height": HEIGHT},
+         "links": {"model": ["unet", 0], "width": ["width", 0], "height": ["height", 0]}},
+        {"key": "decode", "type": "VAEDecode", "pos": [1680, 280],
          "links": {"samples": ["sampler", 0], "vae": ["vae", 0]}},
-        {"key": "save", "type": "SaveImage", "pos": [1600, 400], "size": [400, 440],
+        {"key": "save", "type": "SaveImage", "pos": [1680, 400], "size": [400, 440],
          "widgets": {"filename_prefix": f"ThinkDiff/{prefix}"}, "links": {"images": ["decode", 0]}},
     ]
 
 
 def ksampler() -> list[dict]:
     return [
-        {"key": "neg", "type": "ConditioningZeroOut", "pos": [1220, 180], "links": {"conditioning": ["cond", 0]}},
-        {"key": "sampler", "type": "KSampler", "pos": [1220, 280],
-         "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": 28, "cfg": 1.0,
+        {"key": "neg", "type": "ConditioningZeroOut", "pos": [1300, 180], "links": {"conditioning": ["cond", 0]}},
+        {"key": "sampler", "type": "KSampler", "pos": [1300, 280],
+         "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": STEPS, "cfg": 1.0,
                      "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0},
-         "links": {"model": ["unet", 0], "positive": ["cond", 0], "negative": ["neg", 0],
+         "links": {"model": ["msf", 0], "positive": ["cond", 0], "negative": ["neg", 0],
                    "latent_image": ["latent", 0]}},
     ]
 
 
 def custom_advanced() -> list[dict]:
     return [
-        {"key": "guider", "type": "BasicGuider", "pos": [1220, 100],
-         "links": {"model": ["unet", 0], "conditioning": ["cond", 0]}},
-        {"key": "noise", "type": "RandomNoise", "pos": [1220, 200],
+        {"key": "guider", "type": "BasicGuider", "pos": [1300, 100],
+         "links": {"model": ["msf", 0], "conditioning": ["cond", 0]}},
+        {"key": "noise", "type": "RandomNoise", "pos": [1300, 200],
          "widgets": {"noise_seed": 0, "control_after_generate": "fixed"}},
-        {"key": "ksel", "type": "KSamplerSelect", "pos": [1220, 330], "widgets": {"sampler_name": "euler"}},
-        {"key": "sched", "type": "BasicScheduler", "pos": [1220, 420],
-         "widgets": {"scheduler": "simple", "steps": 28, "denoise": 1.0}, "links": {"model": ["unet", 0]}},
-        {"key": "sampler", "type": "SamplerCustomAdvanced", "pos": [1220, 580],
+        {"key": "ksel", "type": "KSamplerSelect", "pos": [1300, 330], "widgets": {"sampler_name": "euler"}},
+        {"key": "sched", "type": "BasicScheduler", "pos": [1300, 420],
+         "widgets": {"scheduler": "simple", "steps": STEPS, "denoise": 1.0}, "links": {"model": ["msf", 0]}},
+        {"key": "sampler", "type": "SamplerCustomAdvanced", "pos": [1300, 580],
          "links": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["ksel", 0],
                    "sigmas": ["sched", 0], "latent_image": ["latent", 0]}},
     ]
@@ -175,7 +199,8 @@ def main() -> int:
     else:
         with tempfile.TemporaryDirectory() as base:
             comfy_server.install_pack(base)
-            with comfy_server.ComfyServer(base) as server:
+            comfy_server.copy_example_inputs(base)   # the screenshot shows the input images
+            with comfy_server.ComfyServer(base) as server:   # no models needed to build graphs
                 paths = work(server.url)
     print("\n".join(paths))
     return 0

@@ -11,9 +11,10 @@ UNETLoader / CLIPLoader / VAELoader detection); the images are noise-like but de
     models/thinkdiff/thinkdiff-demo-aligner.pth                    aligner 64 -> 4096 in the official .pth layout
     models/thinkdiff/thinkdiff-demo-aligner-3584.safetensors       aligner for a 3584-wide VLM (mismatch checks)
 
-CLI: python scripts/demo_models.py MODELS_DIR [--comfyui DIR] [--force]
-The FLUX/VAE layouts come from ComfyUI's own classes (built on the meta device), so ComfyUI must be
-importable: pass its folder (or set COMFYUI_DIR).
+CLI (from the repository root): python -m devtools.demo_models MODELS_DIR [--comfyui DIR] [--force]
+The FLUX/VAE layouts come from ComfyUI's own classes (built on the meta device), so the builders run
+in a process where ComfyUI's ``comfy`` package imports: the CLI re-starts itself that way
+(devtools.with_comfy) when it is not, and other tools call :func:`build_in_subprocess`.
 """
 from __future__ import annotations
 
@@ -21,12 +22,11 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import comfy_server  # noqa: E402
+from devtools import paths, with_comfy
 
 FLUX_FILE = "thinkdiff-demo-flux1-dev.safetensors"
 CLIP_FILE = "thinkdiff-demo-clip_l.safetensors"
@@ -46,16 +46,11 @@ DEMO_NAMES = {
 }
 
 
-def _import_comfy(comfyui_dir: str):
-    """Make ComfyUI's `comfy` package importable in CPU mode (no CUDA probing)."""
-    if not os.path.isfile(os.path.join(comfyui_dir, "comfy", "model_management.py")):
-        raise FileNotFoundError(f"no ComfyUI at {comfyui_dir}; pass --comfyui or set COMFYUI_DIR "
-                                f"(scripts/bootstrap.sh installs one into .comfyui)")
-    if comfyui_dir not in sys.path:
-        sys.path.append(comfyui_dir)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True
-    import comfy.ops  # noqa: F401  (imports model_management with args.cpu set)
+def _import_comfy(what: str):
+    """ComfyUI's `comfy` package in CPU mode (no CUDA probing); it must already be importable."""
+    with_comfy.require(what)
+    with_comfy.cpu_mode()
+    import comfy.ops  # noqa: F401
 
 
 def _fill(shapes: dict, dtype, seed: int) -> dict:
@@ -78,12 +73,12 @@ def _fill(shapes: dict, dtype, seed: int) -> dict:
     return sd
 
 
-def build_flux(path: str, comfyui_dir: str, seed: int = 0) -> str:
+def build_flux(path: str, seed: int = 0) -> str:
     """Smallest FLUX-dev that ComfyUI's stock detection accepts: hidden 3072 (24 heads are hard-coded),
     1 double block, 1 single block, guidance embedding."""
     import torch
     from safetensors.torch import save_file
-    _import_comfy(comfyui_dir)
+    _import_comfy("build_flux")
     import comfy.ops
     from comfy.ldm.flux.model import Flux
     model = Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -98,10 +93,10 @@ def build_flux(path: str, comfyui_dir: str, seed: int = 0) -> str:
     return path
 
 
-def build_taef1(path: str, comfyui_dir: str, seed: int = 0) -> str:
+def build_taef1(path: str, seed: int = 0) -> str:
     import torch
     from safetensors.torch import save_file
-    _import_comfy(comfyui_dir)
+    _import_comfy("build_taef1")
     from comfy.taesd.taesd import TAESD
     with torch.device("meta"):
         model = TAESD(latent_channels=16)
@@ -131,14 +126,14 @@ def build_clip_l(path: str, seed: int = 0) -> str:
 
 def build_demo_models(models_dir: str, comfyui_dir: str | None = None, force: bool = False,
                       log=print) -> dict:
-    """Create every demo model under models_dir (skipping files that exist unless force).
+    """Create every demo model under models_dir (skipping files that exist unless force), in this
+    process: ComfyUI's ``comfy`` must be importable here (else use :func:`build_in_subprocess`).
     Returns {what: path}."""
     import torch
-    sys.path.insert(0, ROOT) if ROOT not in sys.path else None
     from thinkdiff_core.aligner import Aligner
     from thinkdiff_core.checkpoint import save_aligner
     from thinkdiff_core.tiny import build_tiny_aligner, build_tiny_qwen2vl, find_tokenizer
-    comfyui_dir = comfyui_dir or comfy_server.comfyui_dir()
+    comfyui_dir = comfyui_dir or paths.comfyui_dir()
     out = {}
 
     def want(sub: str, name: str) -> tuple[str, bool]:
@@ -148,8 +143,8 @@ def build_demo_models(models_dir: str, comfyui_dir: str | None = None, force: bo
         return p, force or not os.path.exists(p)
 
     steps = [
-        ("flux", "diffusion_models", FLUX_FILE, lambda p: build_flux(p, comfyui_dir)),
-        ("vae", "vae", VAE_FILE, lambda p: build_taef1(p, comfyui_dir)),
+        ("flux", "diffusion_models", FLUX_FILE, build_flux),
+        ("vae", "vae", VAE_FILE, build_taef1),
         ("clip", "clip", CLIP_FILE, build_clip_l),
         ("vlm", "LLM", VLM_DIR, lambda p: build_tiny_qwen2vl(p, find_tokenizer("qwen25_tokenizer", comfyui_dir),
                                                             hidden_size=VLM_HIDDEN)),
@@ -168,6 +163,17 @@ def build_demo_models(models_dir: str, comfyui_dir: str | None = None, force: bo
     return out
 
 
+def build_in_subprocess(models_dir: str, comfyui_dir: str | None = None, force: bool = False,
+                        quiet: bool = False) -> dict:
+    """:func:`build_demo_models` in a child process where ComfyUI imports (devtools.with_comfy).
+    Its progress lines go to this process's stderr. Returns {what: path}."""
+    comfyui_dir = os.path.abspath(comfyui_dir or paths.comfyui_dir())
+    args = [os.path.abspath(models_dir), "--comfyui", comfyui_dir, "--json", *(["--force"] if force else [])]
+    r = with_comfy.run_module("devtools.demo_models", args, comfyui_dir, stdout=subprocess.PIPE, text=True,
+                              **({"stderr": subprocess.DEVNULL} if quiet else {}))
+    return json.loads(r.stdout)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models_dir", help="ComfyUI models folder to fill (e.g. ComfyUI/models)")
@@ -175,8 +181,12 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild files that already exist")
     ap.add_argument("--json", action="store_true", help="print the paths as JSON")
     a = ap.parse_args(argv)
-    paths = build_demo_models(a.models_dir, a.comfyui, a.force, log=lambda m: print(m, file=sys.stderr))
-    print(json.dumps(paths, indent=2) if a.json else "\n".join(paths.values()))
+    if not with_comfy.importable() and not with_comfy.in_child():
+        # re-start in a process where ComfyUI's packages import (the import path is never edited)
+        made = build_in_subprocess(a.models_dir, a.comfyui, a.force)
+    else:
+        made = build_demo_models(a.models_dir, a.comfyui, a.force, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(made, indent=2) if a.json else "\n".join(made.values()))
     return 0
 
 

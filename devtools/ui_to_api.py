@@ -62,6 +62,10 @@ class BrowserFrontend:
         self.page.on("pageerror", lambda e: self.console.append(("pageerror", f"{e}\n{getattr(e, 'stack', '')}", "")))
         self.page.goto(self.url + "/", wait_until="domcontentloaded", timeout=120_000)
         self.page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        # window.app exists before the frontend opens its first workflow (the previous one, the default
+        # graph, or for a new user a blank one): a graph loaded earlier would be replaced by it
+        self.page.wait_for_function("window.app.extensionManager?.workflow?.activeWorkflow != null",
+                                    timeout=120_000)
         return self
 
     def __exit__(self, *exc):
@@ -79,10 +83,18 @@ class BrowserFrontend:
         }""", workflow)
 
     def to_api(self, workflow: dict) -> dict:
-        missing = self.load(workflow)
-        if missing:
-            raise ValueError(f"the frontend does not know these node types: {', '.join(missing)}")
-        return self.page.evaluate("async () => (await window.app.graphToPrompt()).output")
+        """The API prompt the frontend's Queue button would send for this workflow."""
+        ids = sorted(n["id"] for n in workflow["nodes"])
+        for _ in range(3):
+            missing = self.load(workflow)
+            if missing:
+                raise ValueError(f"the frontend does not know these node types: {', '.join(missing)}")
+            prompt, shown = self.page.evaluate("""async () => [(await window.app.graphToPrompt()).output,
+                                                    window.app.graph._nodes.map(n => n.id)]""")
+            if sorted(shown) == ids:   # the canvas still shows this workflow (nothing replaced it meanwhile)
+                return prompt
+        raise RuntimeError(f"the frontend's canvas does not keep the loaded workflow (shows nodes {sorted(shown)}, "
+                           f"expected {ids})")
 
     def load_errors(self, workflow: dict) -> list[str]:
         """Load a workflow and return the texts of alert/toast messages the frontend shows (schema
