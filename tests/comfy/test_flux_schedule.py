@@ -206,5 +206,6 @@ def test_size_override_sets_the_shared_width_and_height(name, frontend, object_i
     p = run_workflow.apply_overrides(api_prompt(name, frontend, object_info), width=768, height=320)
     case = schedule_case(p)
     assert case["latent"] == [768, 320]
+    assert case["model_sampling_flux"] is not None, "no ModelSamplingFlux on the sampler's model path"
     assert (case["model_sampling_flux"]["width"], case["model_sampling_flux"]["height"]) == (768, 320)
     assert sorted(v["inputs"]["value"] for v in p.values() if v["class_type"] == "PrimitiveInt") == [320, 768]
