@@ -1,6 +1,6 @@
 """Run the core tests against the oldest transformers the pack claims (requirements-floor.txt).
 
-    python -m devtools.floor install   # pip install --no-deps --target .venv/floor -r requirements-floor.txt
+    python -m devtools.floor install   # (idempotent) pip install --no-deps --target .venv/floor -r requirements-floor.txt
     python -m devtools.floor test      # install if needed, then pytest tests/core with those versions first
                                        # on PYTHONPATH (the test venv's torch etc. underneath)
 
@@ -76,9 +76,10 @@ def test(pytest_args: list[str] | None = None) -> subprocess.CompletedProcess:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m devtools.floor", description=__doc__.split("\n\n")[0])
     ap.add_argument("command", choices=["install", "test"])
+    ap.add_argument("--force", action="store_true", help="reinstall even if the floor versions are there")
     a = ap.parse_args(argv)
     if a.command == "install":
-        print(install(force=True))
+        print(install(force=a.force))
         print("transformers, tokenizers, huggingface_hub:", versions())
         return 0
     r = test()

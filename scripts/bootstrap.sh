@@ -43,6 +43,8 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.thinkdiff-ready" ] || \
       -r "$COMFY/requirements.txt" -r "$ROOT/requirements-test.txt" -r "$ROOT/requirements.txt"
   cp "$ROOT/requirements-test.txt" "$VENV/.thinkdiff-ready"
 fi
+# The oldest transformers we claim (requirements-floor.txt), beside the venv, for tests/test_transformers_floor.py
+(cd "$ROOT" && quiet_pip "$VENV/bin/python" -m devtools.floor install >/dev/null)
 # Headless Chromium (Debian's package) for loading workflows into ComfyUI's real frontend.
 if [ -z "${THINKDIFF_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,6 +1,6 @@
 """The ThinkDiff aligner: VLM (or vision) features -> the T5-XXL encoder space that FLUX reads.
 
-Linear(in -> 4096) -> GELU (exact) -> Linear(4096 -> 4096) -> T5 RMSNorm (spec section 1.1).
+Linear(in -> 4096) -> GELU (exact) -> Linear(4096 -> 4096) -> T5 RMSNorm (docs/method.md §1.1).
 The module keeps the official ``mm_projector.{0,2,3}`` layout so released checkpoints load
 into it key for key.
 """
@@ -34,7 +34,7 @@ class Aligner(nn.Module):
 
     @torch.no_grad()
     def init_norm_from_t5(self, weight: torch.Tensor) -> "Aligner":
-        """Copy a T5 encoder's ``final_layer_norm.weight`` into the output norm (spec 1.1)."""
+        """Copy a T5 encoder's ``final_layer_norm.weight`` into the output norm (docs/method.md §1.1)."""
         if tuple(weight.shape) != (self.out_dim,):
             raise ValueError(f"T5 final norm has shape {tuple(weight.shape)}; the aligner's output "
                              f"dim is {self.out_dim}")

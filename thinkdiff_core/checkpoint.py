@@ -1,6 +1,6 @@
 """Aligner checkpoints: the official ``thinkdiff_*.pth`` release format and our safetensors format.
 
-Official (spec section 5): ``torch.save({"model": state_dict, "optimizer": ..., ...})`` with exactly
+Official (docs/method.md §5): ``torch.save({"model": state_dict, "optimizer": ..., ...})`` with exactly
 the five keys ``mm_projector.{0.weight,0.bias,2.weight,2.bias,3.weight}``. Loaded with
 ``torch.load(weights_only=True)`` and checked strictly (the official code used ``strict=False`` and
 would silently keep a random aligner on a key mismatch).

@@ -1,4 +1,4 @@
-"""Prompt formats of the paper (spec sections 2.2 and 4.1), as data plus a Qwen2-VL chat renderer.
+"""Prompt formats of the paper (docs/method.md §2.2 and 4.1), as data plus a Qwen2-VL chat renderer.
 
 A *content* list interleaves ``str`` and image items (PIL images) in the order the VLM reads them.
 A :class:`Prompt` pairs it with the one template choice the official scripts differ in: whether
@@ -24,7 +24,7 @@ TWO_IMAGES_INSTRUCTION = (
     "Create a detailed diffusion prompt for one new image that combines the main subject of the "
     "first picture with the second picture. Do not use 'similar to the image'.")
 
-# The 16 captioning instructions used when pre-computing training features (spec 2.2, PW:11-33).
+# The 16 captioning instructions used when pre-computing training features (docs/method.md §2.2, PW:11-33).
 TRAINING_INSTRUCTIONS = (
     "Describe the image concisely.",
     "Provide a brief description of the given image.",

@@ -1,5 +1,5 @@
 """VLM encoder: generate with a Qwen2-VL-family model and capture, for every generated token, the
-final-norm hidden state whose LM head produced it (spec section 1.1).
+final-norm hidden state whose LM head produced it (docs/method.md §1.1).
 
 Row semantics: row 0 is the final-norm state at the last prompt position (it predicts token 0);
 row k is the state at the step that fed token k-1 and produced token k. N tokens -> N rows. The rows

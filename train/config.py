@@ -1,4 +1,4 @@
-"""Configs of the three commands: dataclasses whose defaults are the paper's values (spec sections 2.2-2.5).
+"""Configs of the three commands: dataclasses whose defaults are the paper's values (docs/method.md §2.2-2.5).
 
 Values come from, in increasing priority: the defaults below, a YAML file (``--config run.yaml``, keys
 are the field names), and command-line options (``--lr 3e-4`` or ``--lr=3e-4``; ``--batch-size`` and
@@ -32,7 +32,7 @@ class PrecomputeConfig:
     out: str = opt("", "output folder of feature shards (webdataset .tar)")
     shard_size: int = opt(1000, "images per output shard for folder sources (tar sources: one output tar per input tar)")
     store_image: bool = opt(False, "also store the source image bytes in the shards (the official shards did)")
-    # prompt and sampling (spec 2.2)
+    # prompt and sampling (docs/method.md §2.2)
     instructions: str = opt("training", "'training' = the paper's 16 captioning instructions, or a text file with one "
                                         "instruction per line; one is drawn uniformly per image")
     system: str = opt(DEFAULT_SYSTEM, "system prompt ('' for none)")
@@ -60,12 +60,12 @@ class FitConfig:
     tokenizer: str = opt("", "local folder with the VLM's (Qwen2-VL) tokenizer; empty = the VLM named in "
                              "DATA/precompute.json")
     out: str = opt("out/fit", "run folder: log.jsonl, config.yaml, checkpoints/")
-    # aligner (spec 1.1)
+    # aligner (docs/method.md §1.1)
     hidden_dim: int = opt(0, "aligner hidden width (0 = the T5 d_model, 4096 for flan-t5-xxl as in the paper)")
-    # objective (spec 2.3/2.4)
+    # objective (docs/method.md §2.3/2.4)
     max_split: int = opt(128, "split point s is uniform in 1..min(N-1, max_split)")
     max_label_len: int = opt(128, "T5 label tokens (incl. </s>) per sample")
-    # optimisation (spec 2.5)
+    # optimisation (docs/method.md §2.5)
     batch_size: int = opt(32, "samples per process per micro-step (paper: 32 per GPU)")
     grad_accum: int = opt(1, "micro-steps per optimizer step")
     max_steps: int = opt(25000, "optimizer steps to run (paper: about 25k)")

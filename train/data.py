@@ -4,7 +4,7 @@ Feature shard format (webdataset tar, one sample = the files sharing a key):
   KEY.json              {"key", "prompt" (instruction), "generated_text", "output_token_ids" (Qwen ids,
                          incl. the EOS id when generation stopped there), "input_prompt", "n_tokens",
                          "source" (caption / metadata of the input sample, if any)}
-  KEY.output_embed.pth  torch.save of the [N, D] final-norm states, row k produced token k (spec 1.1);
+  KEY.output_embed.pth  torch.save of the [N, D] final-norm states, row k produced token k (docs/method.md §1.1);
                         read with torch.load(weights_only=True). The official shards' name
                         ``model.norm.output_embed.pth`` is read too.
   KEY.jpg / KEY.png     the source image (only with --store-image)
@@ -243,7 +243,7 @@ def feature_dim(path: str) -> int:
 
 
 def draw_split(n: int, max_split: int, seed: str) -> int:
-    """s uniform in 1..min(N-1, max_split) (spec 2.3); needs N >= 2 (spec bug 6: N = 1 is skipped)."""
+    """s uniform in 1..min(N-1, max_split) (docs/method.md §2.3); needs N >= 2 (docs/method.md §8.6: N = 1 is skipped)."""
     return random.Random(seed).randint(1, min(n - 1, max_split))
 
 

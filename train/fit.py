@@ -1,4 +1,4 @@
-"""fit: train the aligner so that a frozen Flan-T5 decoder can continue the VLM's text (spec 2.3-2.5).
+"""fit: train the aligner so that a frozen Flan-T5 decoder can continue the VLM's text (docs/method.md §2.3-2.5).
 
 Per sample with N generated rows: draw s uniform in 1..min(N-1, 128); the prefix rows [0, s) go
 through the aligner and become the T5 decoder's cross-attention memory; the decoder must predict
@@ -52,7 +52,7 @@ from .t5 import check_t5_folder, load_t5_decoder, load_tokenizer
 
 def lr_at(step: int, cfg: FitConfig) -> float:
     """Linear warm-up from warmup_lr to lr, then a cosine from lr to min_lr over decay_steps counted
-    from step 0 (spec 2.5: at 25k steps 9.92e-5, so effectively constant)."""
+    from step 0 (docs/method.md §2.5: at 25k steps 9.92e-5, so effectively constant)."""
     if step < cfg.warmup_steps:
         return cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / cfg.warmup_steps
     t = min(step, cfg.decay_steps) / max(cfg.decay_steps, 1)
@@ -310,12 +310,12 @@ def fit(cfg: FitConfig) -> dict:
     shards, val_shards = split_shards(cfg, world, master)
     qwen_tok, t5_tok = load_tokenizer(tokenizer_folder(cfg)), load_tokenizer(cfg.t5)
 
-    # frozen T5 decoder; the aligner's norm starts from the T5 encoder's final norm (spec 1.1)
+    # frozen T5 decoder; the aligner's norm starts from the T5 encoder's final norm (docs/method.md §1.1)
     decoder, t5_norm = load_t5_decoder(cfg.t5, dtype=dec_dtype, device=device)
     dims = [feature_dim(shards[0]), cfg.hidden_dim or decoder.d_model, decoder.d_model]
     torch.manual_seed(cfg.seed)                                  # identical init on every process
     aligner = Aligner(dims[0], dims[2], dims[1]).init_norm_from_t5(t5_norm).to(device)
-    torch.manual_seed(cfg.seed + rank)                           # spec 2.5: seed 42 + rank (dropout masks);
+    torch.manual_seed(cfg.seed + rank)                           # docs/method.md §2.5: seed 42 + rank (dropout masks);
     random.seed(cfg.seed + rank)                                 # a resume restores both
     optimizer = make_optimizer(aligner, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)

@@ -1,4 +1,4 @@
-"""precompute: run the VLM over images and store the states of the tokens it generates (spec 2.2).
+"""precompute: run the VLM over images and store the states of the tokens it generates (docs/method.md §2.2).
 
 For every image: draw one of the 16 captioning instructions, build the chat (system prompt, then the
 image, then the instruction), sample up to 256 tokens (T 0.6, top-p 0.9, natural EOS) and store the
@@ -20,7 +20,7 @@ import time
 import torch
 
 from thinkdiff_core.dtypes import parse_dtype
-from thinkdiff_core.prompts import TRAINING_INSTRUCTIONS
+from thinkdiff_core.prompts import TRAINING_INSTRUCTIONS, caption_prompt
 from thinkdiff_core.vlm import VLMEncoder
 
 from .config import PrecomputeConfig, require
@@ -93,10 +93,11 @@ def main(cfg: PrecomputeConfig) -> int:
                     tqdm.write(f"[precompute] skipping {key}: unreadable image ({e.__class__.__name__})")
                     continue
                 instruction, seed = sample_plan(cfg.seed, key, instructions)
-                o = enc.generate([image, instruction], max_new_tokens=cfg.max_new_tokens, stop_at_eos=cfg.stop_at_eos,
-                                 do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
-                                 system=cfg.system or None, max_pixels=cfg.max_pixels or None,
-                                 add_vision_id=False)   # spec 2.2: the plain chat template, no "Picture 1: "
+                # docs/method.md §2.2: [image, instruction] in the plain chat template (no "Picture 1: ")
+                o = enc.generate(caption_prompt(image, instruction), max_new_tokens=cfg.max_new_tokens,
+                                 stop_at_eos=cfg.stop_at_eos, do_sample=cfg.do_sample, temperature=cfg.temperature,
+                                 top_p=cfg.top_p, seed=seed, system=cfg.system or None,
+                                 max_pixels=cfg.max_pixels or None)
                 record = {"prompt": instruction, "generated_text": o.text, "output_token_ids": o.token_ids.tolist(),
                           "n_tokens": int(o.token_ids.numel()), "input_prompt": o.prompt, "sampling_seed": seed,
                           "source": meta}

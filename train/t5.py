@@ -1,8 +1,8 @@
-"""The frozen Flan-T5 decoder that the aligner is fitted to (spec 1.1, 2.4).
+"""The frozen Flan-T5 decoder that the aligner is fitted to (docs/method.md §1.1, 2.4).
 
 Only the decoder stack and the LM head are built; the encoder is never materialised (the official
-code builds the whole fp32 T5-XXL, spec bug 9). From the encoder we read one tensor, its
-``final_layer_norm.weight``, which initialises the aligner's output norm (spec 1.1 / 10.6).
+code builds the whole fp32 T5-XXL, docs/method.md §8.9). From the encoder we read one tensor, its
+``final_layer_norm.weight``, which initialises the aligner's output norm (docs/method.md §1.1 and §10.6).
 """
 from __future__ import annotations
 

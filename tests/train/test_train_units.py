@@ -1,5 +1,5 @@
 """Unit checks of the train/ pieces: config layering, LR schedule, optimizer groups, the random
-split and collate (spec 2.3/2.4), the encoder-free T5 decoder, the data stream's resume position."""
+split and collate (docs/method.md §2.3/2.4), the encoder-free T5 decoder, the data stream's resume position."""
 from __future__ import annotations
 
 import argparse
@@ -47,7 +47,7 @@ def test_lr_schedule():
     c = FitConfig()
     assert lr_at(0, c) == pytest.approx(1e-6)
     assert lr_at(1000, c) == pytest.approx(1e-6 + (1e-4 - 1e-6) / 2)
-    assert lr_at(25000, c) == pytest.approx(9.92e-5, abs=1e-7)          # spec 2.5
+    assert lr_at(25000, c) == pytest.approx(9.92e-5, abs=1e-7)          # docs/method.md §2.5
     assert lr_at(200000, c) == pytest.approx(8e-5) and lr_at(300000, c) == pytest.approx(8e-5)
     assert all(lr_at(s, c) >= lr_at(s + 1000, c) for s in range(2000, 200000, 1000))
 
