@@ -9,6 +9,11 @@ the pack installed: --url of a running one, or one is started on a temporary bas
 Every graph samples FLUX.1-dev as the official diffusers FluxPipeline does: ModelSamplingFlux (max_shift
 1.15, base_shift 0.5) shifts the noise schedule for the image size, and one pair of Int nodes
 ("width", "height") feeds both the latent and ModelSamplingFlux, as in ComfyUI's own FLUX templates.
+
+Registry metadata, as in ComfyUI's own templates: our nodes carry properties.cnr_id / ver = [project].name /
+version of pyproject.toml (the pack's registry id, which "install missing nodes" looks up), and the stock
+loaders carry properties.models = [{name, url, directory}] from thinkdiff_core.release.FLUX_DOWNLOADS (the
+frontend's missing-models dialog offers those downloads).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import json
 import os
 import sys
 import tempfile
+import tomllib
 import uuid
 
 from devtools import comfy_server, paths
@@ -36,7 +42,7 @@ Files (ComfyUI/models/...):
 - {vlm_folder}/{vlm}/  (the whole Hugging Face folder: config.json, *.safetensors, tokenizer and preprocessor files)
 - {aligner_folder}/{aligner}  (ThinkDiff LVLM aligner; .safetensors converted with `python -m thinkdiff_core convert` also works)
 - diffusion_models/{unet}
-- clip/{clip}  (only its pooled output of the empty prompt is used; no T5 needed)
+- text_encoders/{clip}  (or clip/; only its pooled output of the empty prompt is used; no T5 needed)
 - vae/{vae}
 Input images: copy example_inputs/*.jpg of the pack into ComfyUI/input/.
 
@@ -49,17 +55,34 @@ FluxPipeline does (max_shift {max_shift}, base_shift {base_shift}). The VLM's te
     aligner=release.ALIGNER_LVLM_FILE, unet=FLUX["diffusion_models"], clip=FLUX["clip"], vae=FLUX["vae"],
     steps=STEPS, max_shift=MAX_SHIFT, base_shift=BASE_SHIFT)
 
-PROPS = {"cnr_id": "thinkdiff"}
+
+
+def pack_id() -> tuple[str, str]:
+    """([project].name, [project].version) of pyproject.toml: the registry id and version of the pack."""
+    with open(os.path.join(paths.ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    return project["name"], project["version"]
+
+
+CNR_ID, VERSION = pack_id()
+PROPS = {"cnr_id": CNR_ID, "ver": VERSION}
 OURS = {"color": "#335", "bgcolor": "#446", "properties": PROPS}
+
+
+def models(folder: str) -> dict:
+    """properties of a stock loader: the file it loads, where it is published, the folder it goes to."""
+    d = release.FLUX_DOWNLOADS[folder]
+    return {"properties": {"models": [{"name": d["name"], "url": d["url"], "directory": d["directory"]}]}}
 
 
 def loaders() -> list[dict]:
     return [
         {"key": "unet", "type": "UNETLoader", "pos": [20, 440],
-         "widgets": {"unet_name": FLUX["diffusion_models"], "weight_dtype": "default"}},
+         "widgets": {"unet_name": FLUX["diffusion_models"], "weight_dtype": "default"}, **models("diffusion_models")},
         {"key": "clip", "type": "CLIPLoader", "pos": [20, 580],
-         "widgets": {"clip_name": FLUX["clip"], "type": "stable_diffusion"}},
-        {"key": "vae", "type": "VAELoader", "pos": [20, 740], "widgets": {"vae_name": FLUX["vae"]}},
+         "widgets": {"clip_name": FLUX["clip"], "type": "stable_diffusion"}, **models("clip")},
+        {"key": "vae", "type": "VAELoader", "pos": [20, 740], "widgets": {"vae_name": FLUX["vae"]},
+         **models("vae")},
         {"key": "vlm", "type": "ThinkDiffLoadVLM", "pos": [20, 20],
          "widgets": {"vlm_name": release.VLM_NAME, "dtype": "auto", "keep_loaded": True}, **OURS},
         {"key": "aligner", "type": "ThinkDiffLoadAligner", "pos": [20, 180],

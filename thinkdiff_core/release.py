@@ -35,3 +35,20 @@ def where_aligner(root: str | None = None) -> str:
     """What to do when the aligner file is missing."""
     return (f"Put the ThinkDiff aligner ({ALIGNER_LVLM_FILE} from {CHECKPOINT_REPO}, or a .safetensors "
             f"converted with `python -m thinkdiff_core convert`) into {root or 'ComfyUI/models/' + ALIGNER_FOLDER}")
+
+
+# The public homes of the FLUX.1-dev files above, for ComfyUI's "missing models" dialog: the workflows carry
+# them as properties.models = [{name, url, directory}] on the stock loaders, as ComfyUI's own templates do.
+# `directory` is the ComfyUI model folder the file goes to; CLIPLoader reads "text_encoders" (models/clip
+# is its legacy second path), the folder ComfyUI 0.3.75's FLUX templates name for clip_l. The FLUX.1-dev
+# repository is gated: the link works once the user has accepted the FLUX.1-dev licence on Hugging Face.
+FLUX_DEV_REPO = "black-forest-labs/FLUX.1-dev"
+FLUX_TEXT_ENCODERS_REPO = "comfyanonymous/flux_text_encoders"
+FLUX_DOWNLOADS = {
+    "diffusion_models": {"name": FLUX_FILES["diffusion_models"], "directory": "diffusion_models",
+                         "url": f"https://huggingface.co/{FLUX_DEV_REPO}/resolve/main/{FLUX_FILES['diffusion_models']}"},
+    "clip": {"name": FLUX_FILES["clip"], "directory": "text_encoders",
+             "url": f"https://huggingface.co/{FLUX_TEXT_ENCODERS_REPO}/resolve/main/{FLUX_FILES['clip']}"},
+    "vae": {"name": FLUX_FILES["vae"], "directory": "vae",
+            "url": f"https://huggingface.co/{FLUX_DEV_REPO}/resolve/main/{FLUX_FILES['vae']}"},
+}
