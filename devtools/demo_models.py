@@ -12,6 +12,7 @@ UNETLoader / CLIPLoader / VAELoader detection); the images are noise-like but de
     models/thinkdiff/thinkdiff-demo-aligner-3584.safetensors       aligner for a 3584-wide VLM (mismatch checks)
 
 CLI (from the repository root): python -m devtools.demo_models MODELS_DIR [--comfyui DIR] [--force]
+[--reuse-from OTHER_MODELS_DIR]
 The FLUX/VAE layouts come from ComfyUI's own classes (built on the meta device), so the builders run
 in a process where ComfyUI's ``comfy`` package imports: the CLI re-starts itself that way
 (devtools.with_comfy) when it is not, and other tools call :func:`build_in_subprocess`.
@@ -22,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -73,20 +75,52 @@ def _fill(shapes: dict, dtype, seed: int) -> dict:
     return sd
 
 
+def flux_params() -> dict:
+    """FLUX.1-dev's configuration in the keyword arguments this ComfyUI's ``Flux`` takes: newer ComfyUI
+    (0.33.0) adds required ``FluxParams`` fields, filled here with the values its own model detection
+    uses for FLUX.1 (``txt_ids_dims=[]``)."""
+    import dataclasses
+    from comfy.ldm.flux.model import FluxParams
+    kw = dict(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
+              mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000,
+              patch_size=2, qkv_bias=True, guidance_embed=True)
+    fields = {f.name for f in dataclasses.fields(FluxParams)}
+    if "txt_ids_dims" in fields:
+        kw["txt_ids_dims"] = []     # FLUX.1: no text position ids (FLUX.2 uses [3])
+    missing = [f.name for f in dataclasses.fields(FluxParams) if f.name not in kw
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise RuntimeError(f"this ComfyUI's FluxParams needs fields the demo builder does not know: {missing}")
+    return kw
+
+
+def flux_layout() -> dict:
+    """{key: shape} of the demo FLUX as this ComfyUI's classes lay it out (built on the meta device)."""
+    import torch
+    _import_comfy("flux_layout")
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+    model = Flux(image_model="flux", **flux_params(), device="meta", dtype=torch.bfloat16,
+                 operations=comfy.ops.disable_weight_init)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def taef1_layout() -> dict:
+    import torch
+    _import_comfy("taef1_layout")
+    from comfy.taesd.taesd import TAESD
+    with torch.device("meta"):
+        model = TAESD(latent_channels=16)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return {**shapes, "vae_scale": (), "vae_shift": ()}
+
+
 def build_flux(path: str, seed: int = 0) -> str:
     """Smallest FLUX-dev that ComfyUI's stock detection accepts: hidden 3072 (24 heads are hard-coded),
     1 double block, 1 single block, guidance embedding."""
     import torch
     from safetensors.torch import save_file
-    _import_comfy("build_flux")
-    import comfy.ops
-    from comfy.ldm.flux.model import Flux
-    model = Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
-                 hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=1,
-                 axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
-                 device="meta", dtype=torch.bfloat16, operations=comfy.ops.disable_weight_init)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    sd = _fill(shapes, torch.bfloat16, seed)
+    sd = _fill(flux_layout(), torch.bfloat16, seed)
     tmp = path + ".tmp"
     save_file(sd, tmp)
     os.replace(tmp, path)
@@ -96,16 +130,30 @@ def build_flux(path: str, seed: int = 0) -> str:
 def build_taef1(path: str, seed: int = 0) -> str:
     import torch
     from safetensors.torch import save_file
-    _import_comfy("build_taef1")
-    from comfy.taesd.taesd import TAESD
-    with torch.device("meta"):
-        model = TAESD(latent_channels=16)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = {k: v for k, v in taef1_layout().items() if k not in ("vae_scale", "vae_shift")}
     sd = _fill(shapes, torch.float32, seed)
     sd["vae_scale"] = torch.tensor(0.3611)
     sd["vae_shift"] = torch.tensor(0.1159)
     save_file(sd, path)
     return path
+
+
+def file_layout(path: str) -> dict:
+    """{key: shape} of a safetensors file (its header only)."""
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """dst becomes the same file as src (a hard link where the file system allows, else a copy)."""
+    if os.path.isdir(src):
+        shutil.copytree(src, dst, copy_function=_link_or_copy)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def build_clip_l(path: str, seed: int = 0) -> str:
@@ -125,9 +173,12 @@ def build_clip_l(path: str, seed: int = 0) -> str:
 
 
 def build_demo_models(models_dir: str, comfyui_dir: str | None = None, force: bool = False,
-                      log=print) -> dict:
+                      log=print, reuse_from: str | None = None) -> dict:
     """Create every demo model under models_dir (skipping files that exist unless force), in this
     process: ComfyUI's ``comfy`` must be importable here (else use :func:`build_in_subprocess`).
+    reuse_from: another models folder (e.g. built by another ComfyUI version) whose files are linked
+    instead of built where they are the same: the FLUX and VAE files only when their keys and shapes
+    equal the layout of this ComfyUI's classes, the rest (made without ComfyUI) always.
     Returns {what: path}."""
     import torch
     from thinkdiff_core.aligner import Aligner
@@ -153,22 +204,31 @@ def build_demo_models(models_dir: str, comfyui_dir: str | None = None, force: bo
         ("wrong_aligner", "thinkdiff", WRONG_ALIGNER_FILE,
          lambda p: save_aligner(Aligner(3584, 4096, 32), p, source_vlm="(demo: random, 3584 wide)")),
     ]
+    layouts = {"flux": flux_layout, "vae": taef1_layout}   # the files whose format is ComfyUI's
     for what, sub, name, fn in steps:
         path, build = want(sub, name)
         if build:
             t = time.time()
-            fn(path)
-            log(f"[demo-models] wrote {path} ({time.time() - t:.1f} s)")
+            src = os.path.join(reuse_from, sub, name) if reuse_from else None
+            if src and os.path.exists(src) and (what not in layouts or file_layout(src) == layouts[what]()):
+                if os.path.lexists(path):
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                _link_or_copy(src, path)
+                log(f"[demo-models] linked {path} to {src} (same layout)")
+            else:
+                fn(path)
+                log(f"[demo-models] wrote {path} ({time.time() - t:.1f} s)")
         out[what] = path
     return out
 
 
 def build_in_subprocess(models_dir: str, comfyui_dir: str | None = None, force: bool = False,
-                        quiet: bool = False) -> dict:
+                        quiet: bool = False, reuse_from: str | None = None) -> dict:
     """:func:`build_demo_models` in a child process where ComfyUI imports (devtools.with_comfy).
     Its progress lines go to this process's stderr. Returns {what: path}."""
     comfyui_dir = os.path.abspath(comfyui_dir or paths.comfyui_dir())
-    args = [os.path.abspath(models_dir), "--comfyui", comfyui_dir, "--json", *(["--force"] if force else [])]
+    args = [os.path.abspath(models_dir), "--comfyui", comfyui_dir, "--json", *(["--force"] if force else []),
+            *(["--reuse-from", os.path.abspath(reuse_from)] if reuse_from else [])]
     r = with_comfy.run_module("devtools.demo_models", args, comfyui_dir, stdout=subprocess.PIPE, text=True,
                               **({"stderr": subprocess.DEVNULL} if quiet else {}))
     return json.loads(r.stdout)
@@ -180,12 +240,15 @@ def main(argv=None) -> int:
     ap.add_argument("--comfyui", default=None, help="ComfyUI folder (default: $COMFYUI_DIR or .comfyui)")
     ap.add_argument("--force", action="store_true", help="rebuild files that already exist")
     ap.add_argument("--json", action="store_true", help="print the paths as JSON")
+    ap.add_argument("--reuse-from", default=None, metavar="MODELS_DIR",
+                    help="link files from another models folder where they have the same layout")
     a = ap.parse_args(argv)
     if not with_comfy.importable() and not with_comfy.in_child():
         # re-start in a process where ComfyUI's packages import (the import path is never edited)
-        made = build_in_subprocess(a.models_dir, a.comfyui, a.force)
+        made = build_in_subprocess(a.models_dir, a.comfyui, a.force, reuse_from=a.reuse_from)
     else:
-        made = build_demo_models(a.models_dir, a.comfyui, a.force, log=lambda m: print(m, file=sys.stderr))
+        made = build_demo_models(a.models_dir, a.comfyui, a.force, log=lambda m: print(m, file=sys.stderr),
+                                 reuse_from=a.reuse_from)
     print(json.dumps(made, indent=2) if a.json else "\n".join(made.values()))
     return 0
 
