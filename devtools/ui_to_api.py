@@ -7,8 +7,8 @@ Two converters:
   conversion. It also builds UI workflows from node specs and takes screenshots.
 * ``python_convert``: a small pure-Python converter driven by the server's /object_info, for
   machines without Chromium. It handles what our workflows use (links, widget values by position,
-  the seed's control_after_generate value, muted/bypassed and virtual nodes). The tests check that
-  both give the same prompt for every shipped workflow.
+  the seed's control_after_generate value, muted/bypassed and virtual nodes, Autogrow input groups).
+  The tests check that both give the same prompt for every shipped workflow.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import shutil
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+AUTOGROW = "COMFY_AUTOGROW_V3"
 
 
 def chromium_path() -> str | None:
@@ -46,6 +47,7 @@ class BrowserFrontend:
 
     def __init__(self, url: str, width: int = 1600, height: int = 1000):
         self.url, self.width, self.height = url, width, height
+        self.flagged: list[tuple[str, str]] = []   # known nodes the last load() flagged (see load)
 
     def __enter__(self):
         from playwright.sync_api import sync_playwright
@@ -75,23 +77,31 @@ class BrowserFrontend:
             self._pw.stop()
 
     def load(self, workflow: dict) -> list[str]:
-        """Load a UI workflow into the canvas; returns the node types the frontend does not know."""
-        return self.page.evaluate("""async (wf) => {
+        """Load a UI workflow into the canvas; returns the node types the frontend does not know.
+
+        Nodes the frontend flags for other reasons are not among them: newer frontends (1.4x, ComfyUI
+        0.33.0) also set ``has_errors`` on a loader whose model file is not installed. Those land in
+        ``self.flagged`` as (type, why) pairs."""
+        unknown, self.flagged = self.page.evaluate("""async (wf) => {
             await window.app.loadGraphData(wf);
-            return window.app.graph._nodes.filter(n => n.has_errors || !window.LiteGraph.registered_node_types[n.type])
-                   .map(n => n.type);
+            const known = t => !!window.LiteGraph.registered_node_types[t];
+            const nodes = window.app.graph._nodes;
+            return [nodes.filter(n => !known(n.type)).map(n => n.type),
+                    nodes.filter(n => n.has_errors && known(n.type)).map(n => [n.type, 'flagged by the frontend '
+                        + '(e.g. a model file that is not installed)'])];
         }""", workflow)
+        return unknown
 
     def to_api(self, workflow: dict) -> dict:
         """The API prompt the frontend's Queue button would send for this workflow."""
-        ids = sorted(n["id"] for n in workflow["nodes"])
+        ids = sorted(str(n["id"]) for n in workflow["nodes"])   # frontend 1.48.7 (ComfyUI 0.33.0) keeps ids as strings
         for _ in range(3):
             missing = self.load(workflow)
             if missing:
                 raise ValueError(f"the frontend does not know these node types: {', '.join(missing)}")
             prompt, shown = self.page.evaluate("""async () => [(await window.app.graphToPrompt()).output,
                                                     window.app.graph._nodes.map(n => n.id)]""")
-            if sorted(shown) == ids:   # the canvas still shows this workflow (nothing replaced it meanwhile)
+            if sorted(map(str, shown)) == ids:   # the canvas still shows this workflow (nothing replaced it meanwhile)
                 return prompt
         raise RuntimeError(f"the frontend's canvas does not keep the loaded workflow (shows nodes {sorted(shown)}, "
                            f"expected {ids})")
@@ -145,7 +155,10 @@ class BrowserFrontend:
                 Object.assign(n.properties, s.properties || {});
                 graph.add(n);
                 for (const [name, value] of Object.entries(s.widgets || {})) {
-                    const w = (n.widgets || []).find(w => w.name === name);
+                    // by name, else by label: frontend 1.48.7 (ComfyUI 0.33.0) names some widgets otherwise,
+                    // e.g. PrimitiveInt's "control after generate" widget is called "fixed"
+                    const w = (n.widgets || []).find(w => w.name === name)
+                        ?? (n.widgets || []).find(w => w.label === name.replace(/_/g, ' '));
                     if (!w) throw new Error(s.type + ' has no widget ' + name + ': ' + (n.widgets||[]).map(w=>w.name));
                     w.value = value;
                 }
@@ -155,7 +168,9 @@ class BrowserFrontend:
             for (const s of specs) {
                 for (const [inputName, [srcKey, slot]] of Object.entries(s.links || {})) {
                     const target = byKey[s.key], src = byKey[srcKey];
-                    const idx = target.inputs.findIndex(i => i.name === inputName);
+                    // an input of an Autogrow group is named "<group>.<slot>"; the spec may give the slot
+                    let idx = target.inputs.findIndex(i => i.name === inputName);
+                    if (idx < 0) idx = target.inputs.findIndex(i => i.name.endsWith('.' + inputName));
                     if (idx < 0) throw new Error(s.type + ' has no input ' + inputName);
                     src.connect(slot, target, idx);
                 }
@@ -202,6 +217,18 @@ def python_convert(workflow: dict, object_info: dict) -> dict:
         for name in order.get("required", []) + order.get("optional", []):
             spec = specs[name]
             typ, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+            if typ == AUTOGROW:   # a growing group (ComfyUI 0.33.0): its connected slots, as "<group>.<slot>"
+                for slot in autogrow_slots(opts):
+                    # a slot saved before the node grew by itself carries the bare slot name (as the
+                    # pack's JS extension renames it on load)
+                    link = linked.get(f"{name}.{slot}", linked.get(slot))
+                    if link is not None:
+                        inputs[f"{name}.{slot}"] = _source(node, f"{name}.{slot}", links[link], nodes)
+                continue
+            if name not in linked:   # a slot saved inside a group by a newer ComfyUI ("images.image_1")
+                grouped = [k for k in linked if k.rsplit(".", 1)[-1] == name and "." in k]
+                if grouped:
+                    linked[name] = linked[grouped[0]]
             is_widget = (isinstance(typ, list) or typ in WIDGET_TYPES) and not opts.get("forceInput")
             if is_widget and values is not None:
                 if pos < len(values):
@@ -212,12 +239,24 @@ def python_convert(workflow: dict, object_info: dict) -> dict:
             elif is_widget and isinstance(node.get("widgets_values"), dict) and name in node["widgets_values"]:
                 inputs[name] = node["widgets_values"][name]
             if name in linked:
-                src_id, src_slot = links[linked[name]]
-                src = nodes.get(src_id)
-                if src is None or src["type"] in VIRTUAL_NODES or src.get("mode", 0) in (2, 4):
-                    raise ValueError(f"node {node['id']} input {name}: links through virtual, muted or bypassed "
-                                     f"nodes are not supported by the pure-Python converter")
-                inputs[name] = [str(src_id), src_slot]
+                inputs[name] = _source(node, name, links[linked[name]], nodes)
         prompt[str(node["id"])] = {"inputs": inputs, "class_type": ntype,
                                    "_meta": {"title": node.get("title") or info.get("display_name") or ntype}}
     return prompt
+
+
+def autogrow_slots(opts: dict) -> list[str]:
+    """The slot names of an Autogrow input (``template.names``, or ``template.prefix`` + 0..max-1)."""
+    t = opts.get("template") or {}
+    if t.get("names"):
+        return list(t["names"])
+    return [f"{t.get('prefix', '')}{i}" for i in range(int(t.get("max", 0)))]
+
+
+def _source(node: dict, name: str, link: tuple, nodes: dict) -> list:
+    src_id, src_slot = link
+    src = nodes.get(src_id)
+    if src is None or src["type"] in VIRTUAL_NODES or src.get("mode", 0) in (2, 4):
+        raise ValueError(f"node {node['id']} input {name}: links through virtual, muted or bypassed "
+                         f"nodes are not supported by the pure-Python converter")
+    return [str(src_id), src_slot]
