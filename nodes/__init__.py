@@ -7,7 +7,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from ._common import register_folders
 from .conditioning import ThinkDiffConditioning
-from .encode import VLMEncodeMultimodal
+from .encode import VLMEncodeMultimodal, register_prompt_migration
 from .loaders import LoadThinkDiffAligner, LoadThinkDiffVLM
 
 register_folders()
@@ -22,4 +22,5 @@ class ThinkDiffExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> ThinkDiffExtension:
+    register_prompt_migration()   # API prompts saved with the other form of the image inputs still run
     return ThinkDiffExtension()

@@ -1,32 +1,96 @@
-"""VLM Encode Multimodal: images + text -> generated tokens and their hidden states."""
+"""VLM Encode Multimodal: images + text -> generated tokens and their hidden states.
+
+The image inputs grow as they are connected. Where ComfyUI's V3 API has ``io.Autogrow`` (0.33.0 has it)
+the node declares them that way: one group ``images`` whose slots keep the names image_1 .. image_6, so
+the prompt carries them as ``images.image_1`` .. ; on older ComfyUI (0.3.75) they are six optional
+inputs ``image_1`` .. ``image_6`` and web/js/dynamic_image_slots.js shows them one by one. Workflows
+saved either way run on both: the JS extension renames saved image slots to this ComfyUI's form when a
+workflow loads, and :func:`migrate_prompt` does the same for API-format prompts posted to /prompt.
+"""
 from __future__ import annotations
+
+import re
 
 from comfy_api.latest import io
 
 from . import _common as C
 from .types import ThinkDiffEmbeds, ThinkDiffVLM
 
+NODE_ID = "ThinkDiffVLMEncode"
 MAX_IMAGES = 6
+IMAGE_NAMES = tuple(f"image_{i}" for i in range(1, MAX_IMAGES + 1))
+IMAGES_GROUP = "images"
+# feature check, not a version check: the V3 API's growing input group (with slot names of our choosing)
+AUTOGROW = hasattr(io, "Autogrow") and hasattr(io.Autogrow, "TemplateNames")
 PRESET_HELP = ("in_context: the paper's reasoning prompt; text = one word per image plus the query word, e.g. "
                "'red, blue, green' for two images. image_text: the images, then your instruction. "
                "two_images: fuse image_1 and image_2 (text optional). custom: images then text, as given.")
+IMAGE_HELP = "Images in reading order (optional). A batch counts as several images, in order."
+
+
+def image_inputs() -> list:
+    """The image inputs in this ComfyUI's form (see the module docstring)."""
+    if AUTOGROW:
+        template = io.Autogrow.TemplateNames(io.Image.Input("image", tooltip=IMAGE_HELP), names=list(IMAGE_NAMES),
+                                             min=0)
+        return [io.Autogrow.Input(IMAGES_GROUP, template=template, optional=True,
+                                  tooltip=f"{IMAGE_HELP} Connecting one adds the next slot (up to {MAX_IMAGES}).")]
+    return [io.Image.Input(name, optional=True, tooltip=f"Image {name.rsplit('_', 1)[1]} in reading order "
+                                                        f"(optional). A batch counts as several images, in order.")
+            for name in IMAGE_NAMES]
+
+
+def images_in_order(kwargs: dict) -> list:
+    """The connected images (tensors, None where unconnected) in slot order, from execute's keyword
+    arguments in either form: ``images={'image_1': ...}`` (Autogrow) or ``image_1=...``."""
+    group = kwargs.get(IMAGES_GROUP) or {}
+    return [group.get(name, kwargs.get(name)) for name in IMAGE_NAMES]
+
+
+_NAME_RE = re.compile(rf"^(?:{IMAGES_GROUP}\.)?(image_[1-9][0-9]*)$")
+
+
+def input_name(name: str) -> str:
+    """An image input's name as this ComfyUI's schema spells it ('image_2' <-> 'images.image_2');
+    other names unchanged."""
+    m = _NAME_RE.match(name)
+    if not m:
+        return name
+    return f"{IMAGES_GROUP}.{m.group(1)}" if AUTOGROW else m.group(1)
+
+
+def migrate_prompt(json_data: dict) -> dict:
+    """POST /prompt hook: image inputs of VLM Encode Multimodal named the other version's way (an API
+    prompt saved with ComfyUI 0.3.75 posted to 0.33.0, or the reverse) are renamed to this one's."""
+    prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
+    for node in (prompt.values() if isinstance(prompt, dict) else ()):
+        if isinstance(node, dict) and node.get("class_type") == NODE_ID and isinstance(node.get("inputs"), dict):
+            node["inputs"] = {input_name(k): v for k, v in node["inputs"].items()}
+    return json_data
+
+
+def register_prompt_migration() -> None:
+    """Install :func:`migrate_prompt` as an on-prompt handler of the running server (once)."""
+    try:
+        from server import PromptServer
+    except ImportError:   # not inside a ComfyUI server
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None and migrate_prompt not in getattr(server, "on_prompt_handlers", []):
+        server.add_on_prompt_handler(migrate_prompt)
 
 
 class VLMEncodeMultimodal(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         from ..thinkdiff_core.prompts import PRESETS
-        images = [io.Image.Input(f"image_{i}", optional=True,
-                                 tooltip=f"Image {i} in reading order (optional). A batch counts as several "
-                                         f"images, in order.")
-                  for i in range(1, MAX_IMAGES + 1)]
         return io.Schema(
-            node_id="ThinkDiffVLMEncode", display_name="VLM Encode Multimodal", category="ThinkDiff",
+            node_id=NODE_ID, display_name="VLM Encode Multimodal", category="ThinkDiff",
             description="Lets the VLM read the images and text and generate (reason); keeps the final-norm "
                         "hidden state behind every generated token for the ThinkDiff aligner.",
             inputs=[
                 ThinkDiffVLM.Input("vlm", tooltip="From Load ThinkDiff VLM."),
-                *images,
+                *image_inputs(),
                 io.Combo.Input("preset", options=list(PRESETS), default="in_context", tooltip=PRESET_HELP),
                 io.String.Input("text", multiline=True, default="",
                                 tooltip="Words (in_context) or the instruction text (other presets)."),
@@ -48,12 +112,12 @@ class VLMEncodeMultimodal(io.ComfyNode):
 
     @classmethod
     def execute(cls, vlm, preset, text, max_new_tokens, seed, temperature, top_p, stop_at_eos,
-                **images) -> io.NodeOutput:
+                **images) -> io.NodeOutput:   # images: image_1=... or images={"image_1": ...}
         import comfy.model_management as mm
         import comfy.utils
         from ..thinkdiff_core.conditioning import ThinkDiffEmbeds as Embeds
         from ..thinkdiff_core.prompts import build_prompt
-        pil = C.images_to_pil(*(images.get(f"image_{i}") for i in range(1, MAX_IMAGES + 1)))
+        pil = C.images_to_pil(*images_in_order(images))
         prompt = build_prompt(preset, pil, text)   # PromptError (ValueError) explains what is missing
         pbar = comfy.utils.ProgressBar(max_new_tokens)
 

@@ -1,15 +1,46 @@
 // ThinkDiff: dynamic image slots on "VLM Encode Multimodal" (ThinkDiffVLMEncode).
 //
-// The node declares the optional inputs image_1 .. image_N. On the canvas we show only the image
-// slots up to the last connected one plus one empty slot (at most N, at least image_1): connecting
-// the last empty slot adds the next one, disconnecting trailing images removes the surplus empty
-// slots. Slots are never renamed or renumbered: only trailing, unconnected image slots are added or
-// removed, so links in saved workflows (which refer to slots by index) stay valid. The backend
-// receives the connected images by name (image_1 .. image_N), as before.
+// Two forms of the node definition, by ComfyUI version (nodes/encode.py decides by feature check):
+// * ComfyUI with the V3 Autogrow input (0.33.0): the definition declares one growing group "images"
+//   (slots images.image_1 .. images.image_6) and the frontend itself grows and shrinks it. This
+//   extension then only renames the image slots of workflows saved by an older ComfyUI (image_N) to
+//   images.image_N when they load, so their links land on the group's slots.
+// * Older ComfyUI (0.3.75): the node declares the optional inputs image_1 .. image_N. On the canvas we
+//   show only the image slots up to the last connected one plus one empty slot (at most N, at least
+//   image_1): connecting the last empty slot adds the next one, disconnecting trailing images removes
+//   the surplus empty slots. Slots are never renamed or renumbered: only trailing, unconnected image
+//   slots are added or removed, so links in saved workflows (which refer to slots by index) stay
+//   valid. The backend receives the connected images by name (image_1 .. image_N), as before.
+//   Workflows saved by a newer ComfyUI (images.image_N) get their slots renamed to image_N on load.
 import { app } from "../../scripts/app.js";
 
 const NODE_TYPE = "ThinkDiffVLMEncode";
+const GROUP = "images";
 const IMAGE_RE = /^image_(\d+)$/;
+const ANY_IMAGE_RE = /^(?:images\.)?(image_\d+)$/;
+
+// Whether this ComfyUI's definition of the node grows its image inputs itself (V3 Autogrow).
+function growsNatively(nodeData) {
+    const spec = nodeData?.input?.optional?.[GROUP] ?? nodeData?.input?.required?.[GROUP];
+    return Array.isArray(spec) && spec[0] === "COMFY_AUTOGROW_V3";
+}
+
+// A saved node's serialisation with its image slots named the way this definition names them.
+function renameSavedImageSlots(info, grouped) {
+    if (!Array.isArray(info?.inputs)) return info;
+    let changed = false;
+    const inputs = info.inputs.map((input) => {
+        const m = ANY_IMAGE_RE.exec(input?.name ?? "");
+        if (!m) return input;
+        const name = grouped ? `${GROUP}.${m[1]}` : m[1];
+        if (name === input.name) return input;
+        changed = true;
+        if (grouped) return { ...input, name, localized_name: name, label: m[1] };   // as the frontend names them
+        const { label, ...rest } = input;
+        return { ...rest, name, localized_name: name };
+    });
+    return changed ? { ...info, inputs } : info;
+}
 
 function imageSlots(node) {
     const slots = [];
@@ -81,6 +112,14 @@ app.registerExtension({
     name: "thinkdiff.dynamicImageSlots",
     async beforeRegisterNodeDef(nodeType, nodeData) {
         if (nodeData?.name !== NODE_TYPE) return;
+        if (growsNatively(nodeData)) {
+            // the frontend grows the slots; only older workflows' slot names need mapping
+            const configure = nodeType.prototype.configure;
+            nodeType.prototype.configure = function (info, ...rest) {
+                return configure.call(this, renameSavedImageSlots(info, true), ...rest);
+            };
+            return;
+        }
         const declared = Object.keys(nodeData.input?.optional || {}).filter((k) => IMAGE_RE.test(k));
         const max = Math.max(1, declared.length);
 
@@ -98,11 +137,11 @@ app.registerExtension({
         // onConnectionsChange for every slot. So: show all image slots first (the saved ones keep
         // their declared order), then sync once, afterwards, with the links in place.
         const configure = nodeType.prototype.configure;
-        nodeType.prototype.configure = function () {
+        nodeType.prototype.configure = function (info, ...rest) {
             syncImageSlots(this, max, true);
             this.__thinkdiffConfiguring = true;
             try {
-                return configure.apply(this, arguments);
+                return configure.call(this, renameSavedImageSlots(info, false), ...rest);
             } finally {
                 this.__thinkdiffConfiguring = false;
                 syncImageSlots(this, max);
