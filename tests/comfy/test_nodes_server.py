@@ -1,5 +1,6 @@
-"""The ThinkDiff nodes in a real ComfyUI 0.3.75 server: registration, the shipped workflows end to
-end, caching, interrupt, that the conditioning reaches FLUX, and readable errors."""
+"""The ThinkDiff nodes in a real ComfyUI server, once per tested version (0.3.75, 0.33.0): registration,
+the shipped workflows end to end, caching, interrupt, progress, that the conditioning reaches FLUX,
+API prompts saved with either form of the image inputs, and readable errors."""
 from __future__ import annotations
 
 import copy
@@ -7,6 +8,7 @@ import glob
 import io
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -27,11 +29,24 @@ NODES = {
     "ThinkDiffLoadVLM": ("Load ThinkDiff VLM", {"vlm_name", "dtype", "keep_loaded"}),
     "ThinkDiffVLMEncode": ("VLM Encode Multimodal",
                            {"vlm", "preset", "text", "max_new_tokens", "seed", "temperature", "top_p",
-                            "stop_at_eos", *(f"image_{i}" for i in range(1, 7))}),
+                            "stop_at_eos"}),    # + the image inputs: IMAGE_NAMES, or one Autogrow group
     "ThinkDiffConditioning": ("ThinkDiff Conditioning",
                               {"aligner", "embeds", "clip", "conditioning", "mode", "aligned_strength",
                                "text_strength", "guidance"}),
 }
+
+
+IMAGE_NAMES = [f"image_{i}" for i in range(1, 7)]
+IMAGE_INPUT = re.compile(r"^(?:images\.)?image_\d+$")   # image_2 (0.3.75) or images.image_2 (Autogrow, 0.33.0)
+
+
+def image_inputs(inputs: dict) -> list[str]:
+    return [k for k in inputs if IMAGE_INPUT.match(k)]
+
+
+def other_form(name: str) -> str:
+    """An image input's name as the other ComfyUI form spells it (image_2 <-> images.image_2)."""
+    return name.split(".", 1)[1] if name.startswith("images.") else f"images.{name}"
 
 
 def load_workflow(name: str) -> dict:
@@ -77,16 +92,27 @@ def run_error(client, prompt) -> str:
 
 # --- registration ----------------------------------------------------------------------------------
 
-def test_object_info_lists_the_four_nodes(object_info):
+def test_object_info_lists_the_four_nodes(object_info, comfy_features):
+    images = {"images"} if comfy_features["autogrow"] else set(IMAGE_NAMES)
     for node_id_, (display, inputs) in NODES.items():
         assert node_id_ in object_info, f"{node_id_} not registered"
         info = object_info[node_id_]
         assert info["display_name"] == display
         assert info["category"] == "ThinkDiff"
         specs = {**info["input"]["required"], **info["input"].get("optional", {})}
-        assert set(specs) == inputs
+        assert set(specs) == (inputs | images if node_id_ == "ThinkDiffVLMEncode" else inputs)
         for name, spec in specs.items():
             assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id_}.{name} has no tooltip"
+    # the image inputs: optional, in reading order; one growing group where ComfyUI has io.Autogrow
+    optional = object_info["ThinkDiffVLMEncode"]["input"]["optional"]
+    if comfy_features["autogrow"]:
+        kind, opts = optional["images"]
+        assert kind == "COMFY_AUTOGROW_V3"
+        assert opts["template"]["names"] == IMAGE_NAMES and opts["template"]["min"] == 0
+        assert list(opts["template"]["input"]["required"].values())[0][0] == "IMAGE"
+    else:
+        assert [k for k in optional if k.startswith("image_")] == IMAGE_NAMES
+        assert all(optional[k][0] == "IMAGE" for k in IMAGE_NAMES)
     enc = object_info["ThinkDiffVLMEncode"]["input"]["required"]
     assert enc["max_new_tokens"][1]["default"] == 128
     assert enc["temperature"][1]["default"] == pytest.approx(0.6)
@@ -128,7 +154,8 @@ def test_frontend_and_python_converters_agree(path, frontend, object_info):
     for nid, node in browser.items():   # frontend-only widgets (e.g. PreviewAny's display) are not inputs
         known = {**object_info[node["class_type"]]["input"].get("required", {}),
                  **object_info[node["class_type"]]["input"].get("optional", {})}
-        node["inputs"] = {k: v for k, v in node["inputs"].items() if k in known}
+        # (an Autogrow group's slots are "<group>.<slot>")
+        node["inputs"] = {k: v for k, v in node["inputs"].items() if k in known or k.split(".")[0] in known}
         node.pop("_meta", None)
         python[nid].pop("_meta", None)
     assert browser == python
@@ -171,9 +198,11 @@ def test_requeue_does_not_run_the_vlm_again(client, frontend, object_info):
 
 # --- progress ----------------------------------------------------------------------------------------
 
-def test_progress_bar_advances_per_generated_token(client, frontend, object_info):
-    """The UI's progress bar for VLM Encode Multimodal gets one update per generated token, as the
-    frontend receives them over the /ws websocket."""
+def test_progress_bar_advances_per_generated_token(client, frontend, object_info, comfy_features):
+    """The UI's progress bar for VLM Encode Multimodal follows the generated tokens, as the frontend
+    receives it over the /ws websocket: one update per token where ComfyUI sends every update (0.3.75);
+    where it throttles them (0.33.0: at most one per 100 ms, the first and the last always) fewer, but
+    starting at the first token, rising, and ending at n/n."""
     import asyncio
     import uuid
 
@@ -203,7 +232,13 @@ def test_progress_bar_advances_per_generated_token(client, frontend, object_info
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(1) as pool:   # its own event loop: playwright's sync API holds this thread's
         events = pool.submit(lambda: asyncio.run(asyncio.wait_for(collect(), timeout=600))).result()
-    assert [(e["value"], e["max"]) for e in events] == [(k, 12) for k in range(1, 13)], events
+    got = [(e["value"], e["max"]) for e in events]
+    if comfy_features["progress_throttle_s"] is None:
+        assert got == [(k, 12) for k in range(1, 13)], events
+    else:
+        assert got and got[0] == (1, 12) and got[-1] == (12, 12), events
+        assert all(m == 12 for _, m in got), events
+        assert all(a < b for (a, _), (b, _) in zip(got, got[1:])), f"the bar does not advance monotonically: {got}"
 
 
 # --- the conditioning reaches FLUX -------------------------------------------------------------------
@@ -259,7 +294,7 @@ def test_error_hidden_size_mismatch(client, base_prompt):
 def test_error_in_context_without_images(client, base_prompt):
     p = copy.deepcopy(base_prompt)
     enc = p[node_id(p, "ThinkDiffVLMEncode")]["inputs"]
-    for k in [k for k in enc if k.startswith("image_")]:
+    for k in image_inputs(enc):
         del enc[k]
     for k in [k for k, v in p.items() if v["class_type"] == "LoadImage"]:
         del p[k]
@@ -269,6 +304,20 @@ def test_error_in_context_without_images(client, base_prompt):
 
 def test_error_words_do_not_match_images(client, base_prompt):
     p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffVLMEncode": {"text": "red, blue"}})
+    msg = run_error(client, p)
+    assert "2 image(s) need 3 words" in msg, msg
+
+
+def test_api_prompt_with_the_other_form_of_the_image_inputs(client, base_prompt):
+    """An API prompt saved with the other ComfyUI form of the image inputs (image_1 from 0.3.75 posted to
+    0.33.0, or images.image_1 the other way) still reaches the node with all its images: the pack
+    renames them when the prompt is posted. Two images with two words: the node counts both."""
+    p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffVLMEncode": {"text": "red, blue"}})
+    enc = p[node_id(p, "ThinkDiffVLMEncode")]["inputs"]
+    names = image_inputs(enc)
+    assert len(names) == 2, names
+    for k in names:
+        enc[other_form(k)] = enc.pop(k)
     msg = run_error(client, p)
     assert "2 image(s) need 3 words" in msg, msg
 
