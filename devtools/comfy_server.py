@@ -93,7 +93,8 @@ class ComfyServer:
         self._log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    DO_NOT_TRACK="1")
-        env = comfy_versions.with_overlay(env, self.comfy_dir)   # 0.33.0's own packages, for this process only
+        # 0.33.0's own packages (beside the venv of self.python), for this process only
+        env = comfy_versions.with_overlay(env, self.comfy_dir, self.python)
         self.proc = subprocess.Popen(self.command(), cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         probe = ComfyClient(self.url)

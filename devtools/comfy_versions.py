@@ -99,22 +99,23 @@ def declared_version(comfy_dir: str) -> str | None:
     return m.group(1) if m else None
 
 
-def overlay_for(comfy_dir: str) -> str | None:
-    """The overlay folder for the ComfyUI in comfy_dir, or None where its version needs none (the venv
-    is built for it). A version with a pin file but no installed overlay raises FileNotFoundError."""
+def overlay_for(comfy_dir: str, python: str | None = None) -> str | None:
+    """The overlay folder for the ComfyUI in comfy_dir run by python (default: devtools.with_comfy.python),
+    or None where its version needs none (the venv is built for it). A version with a pin file but no
+    installed overlay raises FileNotFoundError."""
     version = declared_version(comfy_dir)
     if not version or not os.path.isfile(pins_file(version)):
         return None
-    d = overlay_dir(version)
+    d = overlay_dir(version, python)
     if not os.path.isfile(os.path.join(d, MARKER)):
         raise FileNotFoundError(f"ComfyUI {version} at {comfy_dir} needs the package overlay {d} "
                                 f"(requirements-comfyui-{version}.txt): run scripts/bootstrap.sh")
     return d
 
 
-def with_overlay(env: dict, comfy_dir: str) -> dict:
+def with_overlay(env: dict, comfy_dir: str, python: str | None = None) -> dict:
     """env with comfy_dir's overlay (if any) first on PYTHONPATH."""
-    d = overlay_for(comfy_dir)
+    d = overlay_for(comfy_dir, python)
     if d:
         rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != d]
         env = dict(env, PYTHONPATH=os.pathsep.join([d, *rest]))
