@@ -1,1 +1,1 @@
-"""Node tests: the pack inside a real ComfyUI 0.3.75 server and its real frontend."""
+"""Node tests: the pack inside real ComfyUI servers (0.3.75 and 0.33.0) and their real frontends."""
