@@ -283,6 +283,23 @@ def fresh_comfyui(comfy_dir: str, dst: str) -> str:
     return dst
 
 
+CONVERT = ("import json, sys\n"
+           "from devtools import run_workflow\n"
+           "with open(sys.argv[1]) as f:\n"
+           "    prompt, used = run_workflow.convert(json.load(f), sys.argv[2])\n"
+           "print(json.dumps({'prompt': prompt, 'converter': used}))\n")
+
+
+def convert_in_child(workflow_path: str, url: str) -> tuple[dict, str]:
+    """run_workflow.convert in a child process: playwright's sync API runs one instance per thread, and
+    in a full run the node suite's session frontends (headless Chromium) are still open in this one."""
+    r = subprocess.run([sys.executable, "-c", CONVERT, workflow_path, url], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return out["prompt"], out["converter"]
+
+
 def test_registry_install_into_fresh_comfyui_runs_a_workflow(pack_tree, comfy_dir, tmp_path):
     t0 = time.time()
     comfy = fresh_comfyui(comfy_dir, str(tmp_path / "ComfyUI"))
@@ -340,7 +357,8 @@ def test_registry_install_into_fresh_comfyui_runs_a_workflow(pack_tree, comfy_di
         with open(os.path.join(pack, "workflows", "thinkdiff_in_context_reasoning.json")) as f:
             workflow = json.load(f)
         t = time.time()
-        prompt, converter = run_workflow.convert(workflow, server.url)
+        prompt, converter = convert_in_child(os.path.join(pack, "workflows", "thinkdiff_in_context_reasoning.json"),
+                                             server.url)
         prompt = run_workflow.apply_overrides(prompt, steps=1, width=64, height=64, demo_models=True,
                                               inputs={"ThinkDiffVLMEncode": {"max_new_tokens": 8}})
         entry = client.run(prompt, workflow, timeout=900)
