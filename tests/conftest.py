@@ -1,15 +1,20 @@
 """Fixtures every suite shares: the ComfyUI folder (its tokenizers are the real ones the tiny models
-use) and the tokenizer folders in it."""
+use) and the tokenizer folders in it; and the offline guard: in this process, any connection or name
+lookup that is not loopback fails (devtools.offline), so no code path can reach a model hub unseen."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from devtools import paths
+from devtools import offline, paths
 
 # subprocesses the tests start (python -m train ..., python -m thinkdiff_core ...) find the same ComfyUI
 os.environ.setdefault("COMFYUI_DIR", paths.comfyui_dir())
+
+
+def pytest_configure(config):
+    offline.install()
 
 
 @pytest.fixture(scope="session")
