@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.from_args(cls, args)
     import importlib
     module = importlib.import_module(f".{args.command}", __package__)
+    from .checkpoint import CheckpointWriteError
     try:
         return module.main(cfg)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+    except (FileNotFoundError, KeyError, ValueError, CheckpointWriteError) as e:
         if isinstance(e, KeyError):
             e = e.args[0] if e.args else e
         print(f"error: {e}", file=sys.stderr)

@@ -11,9 +11,11 @@ the suffix text (Qwen ids [s, N) -> text -> T5 tokens). Only the aligner is trai
     python -m train fit --config run.yaml --resume                                # continue a run
 
 Outputs in --out: config.yaml, log.jsonl (one JSON line per log step, validation, checkpoint,
-resume, stop), checkpoints/step_XXXXXXXX.pt (format in train/checkpoint.py). Checkpoints are written
-to a temp file and renamed, so a killed run (even SIGKILL) loses only the steps since the last
+resume, checkpoint_unreadable), checkpoints/step_XXXXXXXX.pt (format in train/checkpoint.py).
+Checkpoints are written to a temp file and renamed, so a killed run (even SIGKILL) loses only the steps since the last
 checkpoint; SIGINT/SIGTERM finish the current step, save a checkpoint and exit with status 0.
+--resume skips an unreadable last checkpoint (truncated, garbage) for the one before it, with a
+warning; a failed checkpoint write (full disk) stops the run with an error and keeps the previous one.
 
 The frozen decoder runs in train mode during training steps (its dropout is active, as in the
 official trainer; --decoder-dropout false turns that off) and in eval mode for validation.
@@ -180,22 +182,40 @@ def split_shards(cfg: FitConfig, world: int, master: bool) -> tuple[list[str], l
     return shards, val_shards
 
 
-def resume(cfg: FitConfig, world: int, rank: int, master: bool, aligner, optimizer, scheduler) -> tuple[int, tuple]:
-    """Load the last checkpoint of --out into the aligner, optimizer, scheduler and RNGs when --resume is
-    given; returns (step, this process's data position). A run folder with checkpoints needs --resume."""
+def resume(cfg: FitConfig, world: int, rank: int, master: bool, aligner, optimizer, scheduler
+           ) -> tuple[int, tuple, list[dict]]:
+    """Load the last readable checkpoint of --out into the aligner, optimizer, scheduler and RNGs when
+    --resume is given; returns (step, this process's data position, the unreadable checkpoints skipped as
+    log records). A run folder with checkpoints needs --resume. A checkpoint torch.load cannot read
+    (truncated, garbage) is skipped with a warning for the one before it; none readable is an error."""
     found = checkpoint.list_checkpoints(cfg.out)
     if found and not cfg.resume:
         raise SystemExit(f"error: {cfg.out} already has checkpoints ({os.path.basename(found[-1])}); "
                          f"pass --resume to continue that run or choose another --out")
     if not cfg.resume:
-        return 0, (0, 0, 0)
+        return 0, (0, 0, 0), []
     if not found:
         if master:
             print(f"[fit] --resume: no checkpoint in {checkpoint.folder(cfg.out)}, starting from step 0", flush=True)
-        return 0, (0, 0, 0)
-    ckpt = checkpoint.load(found[-1])
+        return 0, (0, 0, 0), []
+    skipped = []
+    for path in reversed(found):
+        try:
+            ckpt = checkpoint.load(path)
+            break
+        except checkpoint.UnreadableCheckpoint as e:
+            skipped.append({"event": "checkpoint_unreadable", "path": path, "error": str(e)})
+            if master:
+                print(f"[fit] warning: --resume: {e}; "
+                      f"falling back to the previous checkpoint", flush=True)
+    else:
+        raise SystemExit(f"error: --resume: no readable checkpoint in {checkpoint.folder(cfg.out)} (unreadable: "
+                         f"{', '.join(os.path.basename(r['path']) for r in skipped)}); move them away to start "
+                         f"from step 0, or restore a good copy")
+    if skipped and master:
+        print(f"[fit] --resume: continuing from {path}", flush=True)
     if ckpt["world_size"] != world:
-        raise SystemExit(f"error: {found[-1]} was written by {ckpt['world_size']} process(es); resume "
+        raise SystemExit(f"error: {path} was written by {ckpt['world_size']} process(es); resume "
                          f"it with the same number (got {world})")
     for k in ("seed", "batch_size", "grad_accum", "data", "max_split", "decoder_dropout"):
         if ckpt["config"].get(k) != getattr(cfg, k) and master:
@@ -205,7 +225,7 @@ def resume(cfg: FitConfig, world: int, rank: int, master: bool, aligner, optimiz
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     set_rng_state(ckpt["rng"][rank])
-    return ckpt["step"], tuple(ckpt["positions"][rank])
+    return ckpt["step"], tuple(ckpt["positions"][rank]), skipped
 
 
 class RunLog:
@@ -321,7 +341,7 @@ def fit(cfg: FitConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
 
     # ---- resume ----------------------------------------------------------------------------------------
-    step, position = resume(cfg, world, rank, master, aligner, optimizer, scheduler)
+    step, position, skipped = resume(cfg, world, rank, master, aligner, optimizer, scheduler)
 
     # ---- data streams ----------------------------------------------------------------------------------
     model = accelerator.prepare(aligner)      # DDP when world > 1; the optimizer stays ours
@@ -350,6 +370,8 @@ def fit(cfg: FitConfig) -> dict:
             log({"event": "checkpoint", "step": step, "path": path, "reason": reason})
 
     log = RunLog(cfg, master)
+    for record in skipped:                                       # before the resume line they explain
+        log(record)
     log({"event": "resume" if step else "start", "step": step, "world_size": world, "device": str(device),
          "precision": dtype_name(precision), "decoder_dtype": dtype_name(dec_dtype),
          "decoder_dropout": cfg.decoder_dropout, "dims": dims, "train_shards": len(shards),

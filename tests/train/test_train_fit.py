@@ -1,10 +1,16 @@
 """fit: it learns (and uses the features), it keeps the decoder frozen, it resumes exactly (also after
-SIGKILL), it stops cleanly on SIGTERM, and it runs as two CPU processes (gloo)."""
+SIGKILLs at random points, and past a corrupt last checkpoint), a full disk keeps the previous
+checkpoint, it stops cleanly on SIGTERM, and it runs as two CPU processes (gloo)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import io
+import json
 import os
+import random
+import re
 import signal
 import subprocess
 import time
@@ -13,6 +19,7 @@ import pytest
 import torch
 
 from tests.train.train_helpers import PY, REPO, log_records, run
+from train import checkpoint
 from train.data import Sample, collate, draw_split, read_feature_shard
 from train.fit import batch_loss, fit
 from train.t5 import load_t5_decoder
@@ -166,23 +173,156 @@ def _checkpoint_steps(out: str) -> list[int]:
         return []
 
 
-def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(fit_cfg, tmp_path):
-    cfg = dataclasses.replace(fit_cfg, out=str(tmp_path / "killed"), max_steps=100000, ckpt_interval=3)
-    proc = subprocess.Popen(_cli(cfg), cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _new_step_records(out: str, skip: int) -> list[dict]:
+    """The step records of log.jsonl after its first `skip` lines."""
     try:
-        _wait_for(lambda: any(s >= 6 for s in _checkpoint_steps(cfg.out)), proc)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    names = os.listdir(os.path.join(cfg.out, "checkpoints"))
-    k = max(int(n[5:13]) for n in names if n.startswith("step_") and n.endswith(".pt"))
-    assert k >= 6 and k % 3 == 0
-    rest = fit(dataclasses.replace(cfg, max_steps=k + 3, resume=True))
-    ref = fit(dataclasses.replace(cfg, out=str(tmp_path / "ref"), max_steps=k + 3))
-    assert list(rest["losses"]) == [k + 1, k + 2, k + 3]
+        with open(os.path.join(out, "log.jsonl")) as fh:
+            lines = fh.read().splitlines()[skip:]
+    except FileNotFoundError:
+        return []
+    recs = []
+    for line in lines:
+        with contextlib.suppress(ValueError):       # a line being written
+            recs.append(json.loads(line))
+    return [r for r in recs if r.get("event") == "step"]
+
+
+def _check_checkpoint_folder(folder: str, names: set) -> None:
+    """Every name ever seen there is a checkpoint or a temp name; every checkpoint there now loads."""
+    assert all(re.fullmatch(r"step_\d{8}\.pt|\.step_\d{8}\.pt\.tmp", n) for n in names), names
+    for n in os.listdir(folder):
+        if not n.startswith("."):
+            checkpoint.load(os.path.join(folder, n))          # whole, not half-written
+
+
+def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(fit_cfg, tmp_path):
+    """Three `fit --resume` runs over one folder, each SIGKILLed at a seeded-random point (after a random
+    number of logged steps plus a random delay, so sometimes during a checkpoint write); a final --resume
+    to the end. Each kill loses only the steps since the last checkpoint, no half-written file ever has a
+    checkpoint's name, and every logged loss and the final aligner equal an uninterrupted run's."""
+    rng = random.Random(20240607)
+    cfg = dataclasses.replace(fit_cfg, out=str(tmp_path / "killed"), max_steps=100000, ckpt_interval=2,
+                              keep_ckpts=2, resume=True)
+    folder = checkpoint.folder(cfg.out)
+    seen: set = set()
+    k = 0
+    for _ in range(3):
+        log_file = os.path.join(cfg.out, "log.jsonl")
+        logged = len(open(log_file).read().splitlines()) if os.path.exists(log_file) else 0
+        after, delay = rng.randint(1, 5), rng.uniform(0.0, 0.4)
+        proc = subprocess.Popen(_cli(cfg), cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            def ready():
+                seen.update(os.listdir(folder) if os.path.isdir(folder) else [])
+                return len(_new_step_records(cfg.out, logged)) >= after
+            _wait_for(ready, proc)
+            t0 = time.time()
+            while time.time() - t0 < delay:
+                ready()
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        seen.update(os.listdir(folder))
+        _check_checkpoint_folder(folder, seen)
+        last = max(r["step"] for r in _new_step_records(cfg.out, logged))
+        k_before, k = k, max((int(n[5:13]) for n in os.listdir(folder) if n.startswith("step_")), default=0)
+        assert k % 2 == 0 and last - 2 <= k <= last            # lost at most the steps since the last checkpoint
+        if k_before:
+            assert log_records(cfg.out, "resume")[-1]["step"] == k_before
+    logged_losses = [(r["step"], r["loss"]) for r in log_records(cfg.out)]
+    end = max(s for s, _ in logged_losses) + 2
+    rest = fit(dataclasses.replace(cfg, max_steps=end))
+    ref = fit(dataclasses.replace(cfg, out=str(tmp_path / "ref"), max_steps=end, resume=False))
+    assert list(rest["losses"]) == list(range(k + 1, end + 1))
     assert [rest["losses"][s] for s in rest["losses"]] == [ref["losses"][s] for s in rest["losses"]]
+    assert [loss for _, loss in logged_losses] == [ref["losses"][s] for s, _ in logged_losses]   # the killed runs too
+    a, b = ref["aligner"].state_dict(), rest["aligner"].state_dict()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert len(os.listdir(folder)) == 2 and max(os.listdir(folder)) == f"step_{end:08d}.pt"   # no temp files left
+
+
+def _corrupt(path: str, how: str) -> None:
+    if how == "truncated":
+        with open(path, "r+b") as fh:
+            fh.truncate(os.path.getsize(path) // 2)
+    else:
+        with open(path, "wb") as fh:
+            fh.write(random.Random(0).randbytes(4096))
+
+
+def test_resume_falls_back_from_a_corrupt_last_checkpoint(fit_cfg, tmp_path, capsys):
+    cfg = dataclasses.replace(fit_cfg, max_steps=8, ckpt_interval=4)
+    full = fit(cfg)
+    folder = checkpoint.folder(cfg.out)
+    bad, good = os.path.join(folder, "step_00000008.pt"), os.path.join(folder, "step_00000004.pt")
+    for how in ("truncated", "garbage"):
+        _corrupt(bad, how)
+        capsys.readouterr()
+        rest = fit(dataclasses.replace(cfg, resume=True))
+        out = capsys.readouterr().out
+        assert f"[fit] warning: --resume: {bad} is not a checkpoint" in out and f"continuing from {good}" in out
+        assert list(rest["losses"]) == [5, 6, 7, 8]
+        assert [rest["losses"][s] for s in (5, 6, 7, 8)] == [full["losses"][s] for s in (5, 6, 7, 8)]
+        a, b = full["aligner"].state_dict(), rest["aligner"].state_dict()
+        assert all(torch.equal(a[n], b[n]) for n in a)
+        checkpoint.load(bad)                                          # rewritten by the resumed run
+    events = log_records(cfg.out, "checkpoint_unreadable")
+    assert [e["path"] for e in events] == [bad, bad] and all("torch.load failed" in e["error"] for e in events)
+    assert [r["step"] for r in log_records(cfg.out, "resume")] == [4, 4]
+
+    _corrupt(bad, "garbage")                                          # none readable: a clear error
+    _corrupt(good, "truncated")
+    with pytest.raises(SystemExit, match=r"no readable checkpoint in .*step_00000008\.pt, step_00000004\.pt"):
+        fit(dataclasses.replace(cfg, resume=True))
+
+
+def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(fit_cfg, monkeypatch, capsys):
+    """The file write fails with ENOSPC half way through torch.save (as a full disk does): fit stops with a
+    clear error, the previous checkpoint is intact and loads, no temp file is left, and --resume works."""
+    cfg = dataclasses.replace(fit_cfg, max_steps=8, ckpt_interval=4)
+    real_open = open
+
+    class FullDisk(io.FileIO):
+        written = 0
+
+        def write(self, b):
+            FullDisk.written += len(b)
+            if FullDisk.written > 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(b)
+
+    calls = []
+
+    def fake_open(path, mode="r", *a, **kw):
+        if str(path).endswith(".tmp") and "w" in mode:
+            calls.append(path)
+            if len(calls) == 2:                                       # the second checkpoint: step 8
+                return FullDisk(path, "wb")
+        return real_open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(checkpoint, "open", fake_open, raising=False)
+    with pytest.raises(checkpoint.CheckpointWriteError, match=r"could not write the checkpoint .*step_00000008\.pt "
+                       r"\(the disk is full\).*the last checkpoint is still .*step_00000004\.pt") as e:
+        fit(cfg)
+    assert e.value.errno == errno.ENOSPC and FullDisk.written > 4096
+    folder = checkpoint.folder(cfg.out)
+    assert os.listdir(folder) == ["step_00000004.pt"]                 # no temp file, nothing replaced
+    assert checkpoint.load(os.path.join(folder, "step_00000004.pt"))["step"] == 4
+    monkeypatch.undo()
+    rest = fit(dataclasses.replace(cfg, resume=True))
+    assert list(rest["losses"]) == [5, 6, 7, 8]
+
+    # the command line reports it as an error, without a traceback
+    from train.__main__ import main
+    monkeypatch.setattr(checkpoint, "open", fake_open, raising=False)
+    calls.clear()
+    FullDisk.written = 0
+    capsys.readouterr()
+    assert main(["fit", *_cli(dataclasses.replace(cfg, out=cfg.out + "-cli"))[4:]]) == 2
+    assert "error: could not write the checkpoint" in capsys.readouterr().err
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(fit_cfg, tmp_path):
