@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 
 import folder_paths
 import torch
@@ -100,3 +101,19 @@ class PatcherModule(torch.nn.Module):
         super().__init__()
         self.hf_model = model
         self.device = device
+
+
+@contextmanager
+def user_errors():
+    """The core's errors reach the UI as the builtin type they derive from, with their message.
+
+    ComfyUI names an exception by its module path (``custom_nodes.thinkdiff.thinkdiff_core.checkpoint.
+    AlignerFileError``), which reads like a file path to users; ``ValueError`` / ``FileNotFoundError``
+    with the same message do not. The original stays chained for the log's traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        if type(e) in (ValueError, FileNotFoundError):
+            raise
+        base = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+        raise base(str(e)) from e

@@ -62,10 +62,11 @@ class ThinkDiffConditioning(io.ComfyNode):
                 C.log.warning("ThinkDiff: the text conditioning has %d entries; only the first is used",
                               len(conditioning))
             text, text_pooled = conditioning[0][0], conditioning[0][1].get("pooled_output")
-        cond = build_flux_conditioning(
-            aligner.module, embeds, aligner_name=aligner.name, text=text, text_pooled=text_pooled,
-            empty_prompt_pooled=empty_prompt_pooled(clip) if clip is not None else None, mode=mode,
-            aligned_strength=aligned_strength, text_strength=text_strength, guidance=guidance)
+        with C.user_errors():
+            cond = build_flux_conditioning(
+                aligner.module, embeds, aligner_name=aligner.name, text=text, text_pooled=text_pooled,
+                empty_prompt_pooled=empty_prompt_pooled(clip) if clip is not None else None, mode=mode,
+                aligned_strength=aligned_strength, text_strength=text_strength, guidance=guidance)
         device = mm.intermediate_device()
         return io.NodeOutput([[cond.tokens.to(device),
                                {"pooled_output": cond.pooled.to(device), "guidance": cond.guidance}]])

@@ -118,7 +118,8 @@ class VLMEncodeMultimodal(io.ComfyNode):
         from ..thinkdiff_core.conditioning import ThinkDiffEmbeds as Embeds
         from ..thinkdiff_core.prompts import build_prompt
         pil = C.images_to_pil(*images_in_order(images))
-        prompt = build_prompt(preset, pil, text)   # PromptError (ValueError) explains what is missing
+        with C.user_errors():
+            prompt = build_prompt(preset, pil, text)   # PromptError (ValueError) explains what is missing
         pbar = comfy.utils.ProgressBar(max_new_tokens)
 
         def on_token(k: int, n: int) -> None:
@@ -129,9 +130,11 @@ class VLMEncodeMultimodal(io.ComfyNode):
         mm.throw_exception_if_processing_interrupted()
         vlm.load()
         try:
-            out = vlm.encoder.generate(prompt, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
-                                       do_sample=temperature > 0, temperature=temperature, top_p=top_p,
-                                       seed=seed, on_token=on_token)
+            with C.user_errors():
+                # temperature 0 means greedy; NaN is not <= 0, so generate() reports it
+                out = vlm.encoder.generate(prompt, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
+                                           do_sample=not (temperature <= 0), temperature=temperature, top_p=top_p,
+                                           seed=seed, on_token=on_token)
         finally:
             vlm.release()
         embeds = Embeds.from_vlm_output(out, source=vlm.name, preset=preset, num_images=len(pil),

@@ -40,7 +40,8 @@ class LoadThinkDiffAligner(io.ComfyNode):
         from ..thinkdiff_core.checkpoint import load_aligner
         path = folder_paths.get_full_path_or_raise(ALIGNER_FOLDER, aligner_name)
         # AlignerFileError is a ValueError whose message names the file and the problem; ComfyUI shows it.
-        module, info = load_aligner(path, dtype=dtypes.parse_dtype(dtype), device="cpu")
+        with C.user_errors():
+            module, info = load_aligner(path, dtype=dtypes.parse_dtype(dtype), device="cpu")
         C.log.info("ThinkDiff: loaded aligner %s (%s, %s -> %s)", aligner_name, info.variant, info.in_dim,
                    info.out_dim)
         return io.NodeOutput(LoadedAligner(module=module, info=info, name=aligner_name))
@@ -78,17 +79,18 @@ class LoadThinkDiffVLM(io.ComfyNode):
     def execute(cls, vlm_name, dtype, keep_loaded) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.model_patcher
-        from ..thinkdiff_core.vlm import VLMEncoder, VLMLoadError
+        from ..thinkdiff_core.vlm import VLMEncoder
         path = C.vlm_path(vlm_name)
         if path is None:
-            raise VLMLoadError(f"VLM folder '{vlm_name}' not found in models/{VLM_FOLDER}. {C.where_vlm()}.")
+            raise FileNotFoundError(f"VLM folder '{vlm_name}' not found in models/{VLM_FOLDER}. {C.where_vlm()}.")
         load_device = mm.get_torch_device()
         offload_device = mm.text_encoder_offload_device()
         # "auto" follows ComfyUI's own judgement of the device
         torch_dtype = dtypes.resolve_dtype(
             dtype, load_device, bf16_supported=mm.should_use_bf16(load_device, prioritize_performance=False),
             fp16_supported=mm.should_use_fp16(load_device, prioritize_performance=False))
-        encoder = VLMEncoder.from_pretrained(path, dtype=torch_dtype, device=offload_device)
+        with C.user_errors():
+            encoder = VLMEncoder.from_pretrained(path, dtype=torch_dtype, device=offload_device)
         patcher = comfy.model_patcher.ModelPatcher(C.PatcherModule(encoder.model, offload_device),
                                                    load_device=load_device, offload_device=offload_device)
         C.log.info("ThinkDiff: loaded VLM %s (%s, hidden size %d; runs on %s)", vlm_name, torch_dtype,

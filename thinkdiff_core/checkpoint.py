@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
+import re
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -96,16 +96,30 @@ def _check_state_dict(path: str, sd: dict) -> tuple[int, int, int]:
     return int(in_dim), int(hidden), int(out_dim)
 
 
+_NOT_A_CHECKPOINT = (f"not a PyTorch checkpoint (neither a zip archive nor a legacy torch.save file that loads: "
+                     f"truncated, or a different kind of file). Expected the official {ALIGNER_LVLM_FILE} / "
+                     f"{ALIGNER_CLIP_FILE} or a .safetensors aligner")
+
+
 def _read_pth(path: str) -> tuple[dict, bool]:
-    if not zipfile.is_zipfile(path):
-        raise AlignerFileError(path, "not a PyTorch checkpoint (no zip archive; truncated or a different "
-                                     f"kind of file). Expected the official {ALIGNER_LVLM_FILE} / "
-                                     f"{ALIGNER_CLIP_FILE} or a .safetensors aligner")
+    """torch.load with weights_only=True (zip archives and the legacy torch.save format); never
+    unpickles anything but tensors and plain containers."""
+    import pickle
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle with non-tensor objects, corrupt archive, ...
-        raise AlignerFileError(path, f"could not be read as a weights-only PyTorch checkpoint ({e.__class__.__name__}: "
-                                     f"{str(e).splitlines()[0][:200]})") from e
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        unsafe = re.search(r"GLOBAL ([\w.]+)", text)
+        if "Weights only load failed" in text and unsafe:
+            raise AlignerFileError(
+                path, f"refused: besides tensors the file holds a pickled Python object ({unsafe.group(1)}), and "
+                      f"unpickling it could run code. ThinkDiff reads checkpoints only with weights_only=True. "
+                      f"If you trust the file, re-save just its state dict (torch.save({{'model': state_dict}}, ...)) "
+                      f"or convert it to .safetensors on a machine where running its code is acceptable") from None
+        raise AlignerFileError(path, _NOT_A_CHECKPOINT + f" ({text.splitlines()[0][:160]})") from None
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file fails in many ways inside the unpickler
+        raise AlignerFileError(path, _NOT_A_CHECKPOINT
+                               + f" ({e.__class__.__name__}: {str(e).splitlines()[0][:160] if str(e) else '-'})") from None
     if isinstance(obj, dict) and "model" in obj:
         return obj["model"], "optimizer" in obj and obj["optimizer"] is not None
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -70,6 +70,14 @@ def check_compatible(aligner_in_dim: int, hidden_size: int, aligner_name: str = 
             f"aligner needs {VLM_NAME}, hidden size {VLM_HIDDEN})")
 
 
+def check_finite(**values: float) -> None:
+    """A clear error for NaN or infinite numbers (an API prompt can send them; they would give a black image)."""
+    import math
+    for name, v in values.items():
+        if not math.isfinite(float(v)):
+            raise ValueError(f"{name} is {v}: give a finite number")
+
+
 @torch.inference_mode()
 def align(aligner: "Aligner", hidden: torch.Tensor) -> torch.Tensor:
     """VLM rows [N, D] or [B, N, D] -> aligned prompt embeddings [B, N, out_dim] in float32."""
@@ -141,7 +149,9 @@ def build_flux_conditioning(aligner: "Aligner", embeds: ThinkDiffEmbeds, *, alig
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode != "replace" and text is None:
-        log.warning("ThinkDiff: mode %s without a text conditioning: using the aligned tokens only", mode)
+        raise ValueError(f"mode {mode} combines the aligned tokens with a text conditioning, but none is connected: "
+                         f"connect one (e.g. CLIPTextEncodeFlux) to the conditioning input, or choose mode replace")
+    check_finite(guidance=guidance, aligned_strength=aligned_strength, text_strength=text_strength)
     tokens = combine(align(aligner, embeds.hidden), text, mode, aligned_strength, text_strength)
     pooled = empty_prompt_pooled if empty_prompt_pooled is not None else text_pooled
     return FluxConditioning(tokens=tokens, pooled=pooled_vector(pooled, batch=tokens.shape[0]),

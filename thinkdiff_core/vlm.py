@@ -9,6 +9,7 @@ pass), so the memory cost is one [D] vector per token, not all layers' states.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -54,8 +55,12 @@ def check_model_folder(path: str | os.PathLike) -> dict:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise VLMLoadError(f"{path} has no config.json, so it is not a transformers model folder. {where}")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    try:
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise VLMLoadError(f"{cfg_path} is not valid JSON ({e}); the file is damaged or incomplete: copy it "
+                           f"again from the model's release. {where}") from None
     files = os.listdir(path)
     if not any(n.endswith(".safetensors") for n in files):
         raise VLMLoadError(f"{path} has no *.safetensors weights (only {', '.join(sorted(files)[:8])}). {where}")
@@ -86,6 +91,20 @@ def _unpack(content: Prompt | Sequence[Any], add_vision_id: bool | None) -> tupl
     return list(content), True if add_vision_id is None else add_vision_id
 
 
+MAX_ASPECT = 200   # Qwen2-VL's image processor refuses more extreme images
+
+
+def check_images(images: Sequence[Any]) -> None:
+    """Images the Qwen2-VL processor cannot take get a message that says which one and what to do."""
+    for i, im in enumerate(images, 1):
+        w, h = im.size
+        if min(w, h) < 1:
+            raise ValueError(f"image {i} is empty ({w}x{h} pixels)")
+        if max(w, h) / min(w, h) >= MAX_ASPECT:
+            raise ValueError(f"image {i} is {w}x{h} pixels (aspect ratio {max(w, h) / min(w, h):.0f}:1); Qwen2-VL "
+                             f"takes images up to {MAX_ASPECT}:1: crop or pad it")
+
+
 class _TokenCallback:
     """A stopping criterion that never stops: it reports progress (and lets the callback raise,
     e.g. ComfyUI's interrupt exception) after each generated token."""
@@ -114,8 +133,15 @@ class VLMEncoder:
         cfg = check_model_folder(path)
         device = torch.device(device)
         model_cls = getattr(transformers, FAMILIES[cfg["model_type"]])
-        model = model_cls.from_pretrained(os.fspath(path), dtype=resolve_dtype(dtype, device), local_files_only=True,
-                                          attn_implementation=attn_implementation)
+        from safetensors import SafetensorError
+        try:
+            model = model_cls.from_pretrained(os.fspath(path), dtype=resolve_dtype(dtype, device),
+                                              local_files_only=True, attn_implementation=attn_implementation)
+        except (SafetensorError, OSError) as e:
+            raise VLMLoadError(f"{os.fspath(path)}: the weights could not be read ({e.__class__.__name__}: "
+                               f"{str(e).splitlines()[0][:200] if str(e) else '-'}). A *.safetensors file is "
+                               f"probably truncated (an interrupted download): compare the files' sizes with the "
+                               f"model's release and copy the broken ones again") from None
         processor = transformers.AutoProcessor.from_pretrained(os.fspath(path), local_files_only=True)
         return cls(model.to(device).eval().requires_grad_(False), processor, name=os.path.basename(os.fspath(path)))
 
@@ -143,6 +169,7 @@ class VLMEncoder:
         defaults to the prompt's own choice, and to True for a bare list."""
         content, add_vision_id = _unpack(content, add_vision_id)
         prompt, images = render_qwen_chat(content, system=system, add_vision_id=add_vision_id)
+        check_images(images)
         kwargs = {}
         if images and max_pixels:
             kwargs["images_kwargs"] = {"max_pixels": int(max_pixels)}
@@ -161,6 +188,12 @@ class VLMEncoder:
         from transformers import GenerationConfig, StoppingCriteriaList
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if do_sample:
+            if not (math.isfinite(temperature) and temperature > 0):
+                raise ValueError(f"temperature is {temperature}: give a finite number above 0 (0.6 as in the paper), "
+                                 f"or sample greedily")
+            if not (math.isfinite(top_p) and 0 < top_p <= 1):
+                raise ValueError(f"top_p is {top_p}: give a number in (0, 1] (0.9 as in the paper)")
         inputs, prompt = self.prepare(content, system=system, max_pixels=max_pixels, add_vision_id=add_vision_id)
         prompt_len = int(inputs["input_ids"].shape[1])
         eos = self._eos_ids()

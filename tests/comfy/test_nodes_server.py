@@ -87,7 +87,7 @@ def run_error(client, prompt) -> str:
     entry = client.run(prompt, timeout=600)
     err = comfy_client.execution_error(entry)
     assert err is not None, f"expected an execution error, got status {entry['status']}"
-    return f"{err['node_type']}: {err['exception_message']}"
+    return f"{err['node_type']} ({err['exception_type']}): {err['exception_message']}"
 
 
 # --- registration ----------------------------------------------------------------------------------
@@ -282,6 +282,20 @@ def test_error_wrong_aligner_file(client, base_prompt):
     p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffLoadAligner": {"aligner_name": "broken_aligner.pth"}})
     msg = run_error(client, p)
     assert "broken_aligner.pth" in msg and "not a PyTorch checkpoint" in msg, msg
+    # the UI shows a plain type, not our exception's module path (custom_nodes.<pack>.thinkdiff_core...)
+    assert "(ValueError)" in msg and "custom_nodes" not in msg.split(":")[0], msg
+
+
+def test_error_non_finite_guidance(client, base_prompt):
+    p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffConditioning": {"guidance": float("nan")}})
+    msg = run_error(client, p)
+    assert "ThinkDiffConditioning (ValueError)" in msg and "guidance is nan: give a finite number" in msg, msg
+
+
+def test_error_combining_mode_without_text_conditioning(client, base_prompt):
+    p = run_workflow.apply_overrides(base_prompt, inputs={"ThinkDiffConditioning": {"mode": "text_first"}})
+    msg = run_error(client, p)
+    assert "mode text_first combines" in msg and "choose mode replace" in msg, msg
 
 
 def test_error_hidden_size_mismatch(client, base_prompt):

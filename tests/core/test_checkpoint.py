@@ -119,7 +119,7 @@ def bad_case(tmp_path, name, official_lvlm):
         return p, "file is empty"
     if name == "truncated.pth":
         p.write_bytes(good[: len(good) // 2])
-        return p, "no zip archive"
+        return p, "not a PyTorch checkpoint"
     if name == "text.pth":
         p.write_text("this is not a checkpoint\n")
         return p, "not a PyTorch checkpoint"
@@ -145,7 +145,7 @@ def bad_case(tmp_path, name, official_lvlm):
         return p, r"mm_projector.2.bias has shape \(15,\), expected \(16,\)"
     if name == "pickled_object.pth":   # arbitrary pickled objects are refused, never executed
         torch.save({"model": sd, "obj": pickle.PickleError("x")}, p)
-        return p, "could not be read as a weights-only PyTorch checkpoint"
+        return p, r"refused: besides tensors the file holds a pickled Python object \(.*PickleError\).*could run code"
     if name == "list.pth":
         torch.save([1, 2, 3], p)
         return p, 'expected {"model": state_dict'
@@ -169,3 +169,34 @@ def test_cli_reports_bad_file_without_traceback(tmp_path, official_lvlm):
     r = run_cli("info", path)
     assert r.returncode == 2
     assert r.stderr.startswith(f"error: {path}:") and "Traceback" not in r.stderr
+
+
+class WouldRunCode:
+    """Unpickling this would create a file (any callable could be here instead)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "written_by_unpickling"
+    p = tmp_path / "evil.pth"
+    torch.save({"model": Aligner(8, 16, 16).state_dict(), "x": WouldRunCode(str(marker))}, p)
+    with pytest.raises(AlignerFileError) as exc:
+        load_aligner(p)
+    msg = str(exc.value)
+    assert "refused" in msg and "io.open" in msg and "could run code" in msg, msg
+    assert "weights_only` set to `False`" not in msg and "weights_only=False" not in msg   # no advice to turn it off
+    assert not marker.exists()
+
+
+def test_legacy_torch_save_format_loads(tmp_path):
+    a = Aligner(8, 16, 16)
+    p = tmp_path / "legacy.pth"
+    torch.save({"model": a.state_dict()}, p, _use_new_zipfile_serialization=False)
+    loaded, info = load_aligner(p)
+    assert info.format == "official-pth" and info.in_dim == 8
+    torch.testing.assert_close(loaded.state_dict(), a.state_dict())

@@ -86,3 +86,17 @@ def test_flux_conditioning_modes_with_text():
     torch.testing.assert_close(c.tokens[:, 5:], 2.0 * a(e.hidden).unsqueeze(0))
     c = build_flux_conditioning(a, e, text=text, mode="aligned_first")
     torch.testing.assert_close(c.tokens[:, 6:], text)
+
+
+def test_modes_that_combine_need_a_text_conditioning():
+    a = Aligner(64, 4096, 32)
+    for mode in ("aligned_first", "text_first"):
+        with pytest.raises(ValueError, match=f"mode {mode} combines .* none is connected.*choose mode replace"):
+            build_flux_conditioning(a, embeds(), mode=mode)
+
+
+@pytest.mark.parametrize("name", ["guidance", "aligned_strength", "text_strength"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_numbers_are_refused(name, value):
+    with pytest.raises(ValueError, match=f"{name} is {value}: give a finite number"):
+        build_flux_conditioning(Aligner(64, 4096, 32), embeds(), **{name: value})

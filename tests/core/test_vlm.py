@@ -241,3 +241,38 @@ def test_qwen2_5_vl_plugs_in(tmp_path, qwen_tokenizer_dir, photos):
     content = content_for(2, photos)
     out = enc.generate(content, max_new_tokens=6, seed=0)
     torch.testing.assert_close(out.hidden, enc.teacher_forced_states(content, out.token_ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(temperature=float("nan")), "temperature is nan"),
+    (dict(temperature=float("inf")), "temperature is inf"),
+    (dict(top_p=float("nan")), "top_p is nan"),
+    (dict(top_p=1.5), "top_p is 1.5"),
+])
+def test_bad_sampling_numbers_are_refused(encoder, photos, kw, message):
+    with pytest.raises(ValueError, match=message):
+        encoder.generate(content_for(1, photos), max_new_tokens=2, **kw)
+
+
+def test_extreme_aspect_ratio_names_the_image(encoder, photos):
+    from PIL import Image
+    with pytest.raises(ValueError, match=r"image 2 is 4000x10 pixels \(aspect ratio 400:1\).*crop or pad it"):
+        encoder.generate(content_for(2, [photos[0], Image.new("RGB", (4000, 10))]), max_new_tokens=2)
+    # tiny images are fine (the processor scales them up)
+    assert encoder.generate(content_for(1, [Image.new("RGB", (1, 1))]), max_new_tokens=2).hidden.shape[0] == 2
+
+
+def test_broken_config_and_truncated_weights_name_the_file(tmp_path, tiny_vlm_dir):
+    import shutil
+    broken = tmp_path / "broken_config"
+    shutil.copytree(tiny_vlm_dir, broken)
+    (broken / "config.json").write_text('{"model_type": "qwen2_vl", ')
+    with pytest.raises(VLMLoadError, match=r"config.json is not valid JSON"):
+        VLMEncoder.from_pretrained(broken)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_vlm_dir, truncated)
+    weights = truncated / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VLMLoadError, match=r"weights could not be read.*probably truncated"):
+        VLMEncoder.from_pretrained(truncated)
