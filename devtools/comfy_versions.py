@@ -29,7 +29,7 @@ import sys
 import tarfile
 import tempfile
 
-from devtools import paths
+from devtools import overlay, paths
 
 ROOT = paths.ROOT
 
@@ -38,7 +38,7 @@ ARCHIVE = "ComfyUI-0.33.0.tar.gz"
 ARCHIVE_SHA256 = "bd3075a93e6ab460ee68998137cc0faee701dd5adb03dc652db3ebb69f3bc019"
 ARCHIVE_TOP = "ComfyUI-0.33.0"
 VENDOR_DEFAULTS = (os.path.join(os.path.dirname(ROOT), "shared", "vendor"), "/work/shared/vendor")
-MARKER = ".thinkdiff-installed-from"
+MARKER = overlay.MARKER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,7 @@ class ComfyVersion:
 
 def _venv_dir(python: str | None = None) -> str:
     from devtools.with_comfy import python as server_python
-    return os.path.dirname(os.path.dirname(os.path.abspath(python or server_python())))
+    return overlay.venv_dir(python or server_python())
 
 
 def pins_file(version: str) -> str:
@@ -123,11 +123,7 @@ def with_overlay(env: dict, comfy_dir: str, python: str | None = None) -> dict:
 
 
 def overlay_ready(v: ComfyVersion) -> bool:
-    try:
-        with open(os.path.join(v.overlay, MARKER)) as f, open(v.pins) as g:
-            return f.read() == g.read()
-    except OSError:
-        return False
+    return overlay.ready(v.overlay, v.pins)
 
 
 FEATURES = r"""
@@ -206,39 +202,21 @@ def unpack(v: ComfyVersion, log=print) -> str:
     return v.dir
 
 
-def requirement_pins(path: str) -> dict[str, str]:
-    """{normalised name: version} of the name==version lines of a requirements file."""
-    out = {}
-    with open(path) as f:
-        for line in f:
-            m = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s;#]+)", line)
-            if m:
-                out[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
-    return out
-
-
 def pin_conflicts(v: ComfyVersion) -> list[str]:
     """Packages that ComfyUI's requirements.txt pins exactly (comfy*) at another version than our pin file."""
-    ours, theirs = requirement_pins(v.pins), requirement_pins(os.path.join(v.dir, "requirements.txt"))
+    ours, theirs = overlay.requirement_pins(v.pins), overlay.requirement_pins(os.path.join(v.dir, "requirements.txt"))
     return [f"{k}: ComfyUI wants {theirs[k]}, {os.path.basename(v.pins)} has {ours.get(k)}"
             for k in sorted(theirs) if ours.get(k) != theirs[k]]
 
 
 def install_overlay(v: ComfyVersion, python: str | None = None, log=print) -> str:
-    if overlay_ready(v):
+    if overlay.ready(v.overlay, v.pins):
         return v.overlay
     conflicts = pin_conflicts(v)
     if conflicts:
         raise RuntimeError("the pins disagree with ComfyUI's requirements.txt:\n  " + "\n  ".join(conflicts))
-    log(f"installing ComfyUI {v.version}'s packages into {v.overlay} (pip --no-deps --target)")
-    if os.path.isdir(v.overlay):
-        shutil.rmtree(v.overlay)   # stale pins: start again (pip --target does not remove old versions)
     from devtools.with_comfy import python as server_python
-    subprocess.run([python or server_python(), "-m", "pip", "install", "-q", "--no-deps", "--target", v.overlay,
-                    "-r", v.pins], check=True)
-    with open(v.pins) as f, open(os.path.join(v.overlay, MARKER), "w") as g:
-        g.write(f.read())
-    return v.overlay
+    return overlay.install(v.overlay, v.pins, python or server_python(), log=log)
 
 
 CHECK = r"""

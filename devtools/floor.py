@@ -14,23 +14,16 @@ import re
 import subprocess
 import sys
 
+from . import overlay
 from .paths import ROOT
 
 FLOOR_FILE = os.path.join(ROOT, "requirements-floor.txt")
-TARGET = os.path.join(os.path.dirname(sys.executable), "..", "floor")
-TARGET = os.path.abspath(os.environ.get("THINKDIFF_FLOOR_DIR") or TARGET)
-MARKER = os.path.join(TARGET, ".installed-from")
+TARGET = os.path.abspath(os.environ.get("THINKDIFF_FLOOR_DIR") or os.path.join(overlay.venv_dir(sys.executable), "floor"))
 
 
 def pins() -> dict[str, str]:
-    """{'transformers': '4.56.0', ...} from requirements-floor.txt."""
-    out = {}
-    with open(FLOOR_FILE) as fh:
-        for line in fh:
-            m = re.match(r"^\s*([A-Za-z0-9_.-]+)==([^\s#]+)", line)
-            if m:
-                out[m.group(1).lower()] = m.group(2)
-    return out
+    """{'transformers': '4.56.0', 'huggingface-hub': ...} from requirements-floor.txt."""
+    return overlay.requirement_pins(FLOOR_FILE)
 
 
 def stated_floor(path: str = os.path.join(ROOT, "requirements.txt")) -> str | None:
@@ -41,18 +34,7 @@ def stated_floor(path: str = os.path.join(ROOT, "requirements.txt")) -> str | No
 
 
 def install(force: bool = False) -> str:
-    with open(FLOOR_FILE) as fh:
-        wanted = fh.read()
-    if not force and os.path.isfile(MARKER):
-        with open(MARKER) as fh:
-            if fh.read() == wanted:
-                return TARGET
-    os.makedirs(TARGET, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade", "--target", TARGET,
-                    "-r", FLOOR_FILE], check=True)
-    with open(MARKER, "w") as fh:
-        fh.write(wanted)
-    return TARGET
+    return overlay.install(TARGET, FLOOR_FILE, sys.executable, force=force, log=lambda m: None)
 
 
 def env() -> dict:

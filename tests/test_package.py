@@ -12,7 +12,6 @@ untracked ones that are not ignored: what the next commit would hold).
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import json
 import os

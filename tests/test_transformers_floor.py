@@ -11,7 +11,7 @@ def test_requirements_state_the_tested_floor():
 
 def test_core_tests_pass_on_the_floor_versions():
     floor.install()
-    assert floor.versions().split() == [floor.pins()[k] for k in ("transformers", "tokenizers", "huggingface_hub")]
+    assert floor.versions().split() == [floor.pins()[k] for k in ("transformers", "tokenizers", "huggingface-hub")]
     r = floor.test()
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and "failed" not in r.stdout
