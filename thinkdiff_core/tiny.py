@@ -35,7 +35,7 @@ def _nontrivial_norm(weight: torch.Tensor, seed: int) -> None:
 
 
 def build_tiny_qwen2vl(dst: str | os.PathLike, tokenizer_dir: str | os.PathLike, hidden_size: int = 64,
-                       num_layers: int = 2, seed: int = 0, family: str = "qwen2_vl") -> str:
+                       num_layers: int = 2, seed: int = 0, family: str = "qwen2_vl", vision_dim: int = 32) -> str:
     """A random Qwen2-VL (or, with ``family="qwen2_5_vl"``, Qwen2.5-VL) saved as a normal HF folder
     (config, safetensors, tokenizer, image/video processor), loadable by :meth:`VLMEncoder.from_pretrained`."""
     import transformers
@@ -45,18 +45,20 @@ def build_tiny_qwen2vl(dst: str | os.PathLike, tokenizer_dir: str | os.PathLike,
     ids = {t: tok.convert_tokens_to_ids(t) for t in
            ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
     head_dim = hidden_size // 4
-    mrope = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]   # sums to head_dim / 2
+    hw = 3 * head_dim // 16
+    mrope = [head_dim // 2 - 2 * hw, hw, hw]   # sums to head_dim / 2
     text = dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                 num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
                 max_position_embeddings=4096, rope_scaling={"type": "mrope", "mrope_section": mrope},
                 tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     if family == "qwen2_vl":
         config_cls, model_cls, processor_cls = "Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"
-        vision = dict(depth=2, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2)
+        vision = dict(depth=2, embed_dim=vision_dim, hidden_size=hidden_size, num_heads=2, mlp_ratio=2)
     elif family == "qwen2_5_vl":
         config_cls, model_cls, processor_cls = ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration",
                                                 "Qwen2_5_VLProcessor")
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=hidden_size, num_heads=2,
+        vision = dict(depth=2, hidden_size=vision_dim, intermediate_size=2 * vision_dim, out_hidden_size=hidden_size,
+                      num_heads=2,
                       fullatt_block_indexes=[1], window_size=112)
     else:
         raise ValueError(f"unknown family {family!r}")

@@ -1,4 +1,4 @@
-"""python -m train {precompute,fit,export,tiny-models} [options]; `python -m train COMMAND --help` lists options."""
+"""python -m train {precompute,fit,export,tiny-models,mini} [options]; `python -m train COMMAND --help` lists options."""
 from __future__ import annotations
 
 import argparse
@@ -32,11 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "tiny-models":
         from .tiny import main as tiny_main
         return tiny_main(argv[1:])
+    if argv and argv[0] == "mini":
+        from .mini.cli import main as mini_main
+        return mini_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m train", description="ThinkDiff-LVLM training package.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (cls, text) in COMMANDS.items():
         config.add_arguments(sub.add_parser(name, help=text, description=text), cls)
+    sub.add_parser("mini", help="ThinkDiff-mini: train tiny models on easy-vqa and evaluate the method "
+                                "(python -m train mini build|eval --help)")
     sub.add_parser("tiny-models", help="build a tiny random Qwen2-VL and Flan-T5 (real tokenizers) and sample "
                                        "photos with captions, for a CPU quick start (python -m train tiny-models OUTDIR)")
     args = p.parse_args(argv)

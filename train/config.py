@@ -62,6 +62,8 @@ class FitConfig:
     out: str = opt("out/fit", "run folder: log.jsonl, config.yaml, checkpoints/")
     # aligner (docs/method.md §1.1)
     hidden_dim: int = opt(0, "aligner hidden width (0 = the T5 d_model, 4096 for flan-t5-xxl as in the paper)")
+    norm_init: str = opt("t5", "initial scale of the aligner's output norm: t5 = a copy of the T5 encoder's final "
+                               "norm (the paper), ones = PyTorch's default (an ablation)", ["t5", "ones"])
     # objective (docs/method.md §2.3/2.4)
     max_split: int = opt(128, "split point s is uniform in 1..min(N-1, max_split)")
     max_label_len: int = opt(128, "T5 label tokens (incl. </s>) per sample")

@@ -334,7 +334,10 @@ def fit(cfg: FitConfig) -> dict:
     decoder, t5_norm = load_t5_decoder(cfg.t5, dtype=dec_dtype, device=device)
     dims = [feature_dim(shards[0]), cfg.hidden_dim or decoder.d_model, decoder.d_model]
     torch.manual_seed(cfg.seed)                                  # identical init on every process
-    aligner = Aligner(dims[0], dims[2], dims[1]).init_norm_from_t5(t5_norm).to(device)
+    aligner = Aligner(dims[0], dims[2], dims[1])
+    if cfg.norm_init == "t5":
+        aligner.init_norm_from_t5(t5_norm)
+    aligner = aligner.to(device)
     torch.manual_seed(cfg.seed + rank)                           # docs/method.md §2.5: seed 42 + rank (dropout masks);
     random.seed(cfg.seed + rank)                                 # a resume restores both
     optimizer = make_optimizer(aligner, cfg)

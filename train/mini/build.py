@@ -1,0 +1,251 @@
+"""Build ThinkDiff-mini, top to bottom: every model trained here on easy-vqa, on a CPU.
+
+    python -m train mini build [--out .cache/mini] [--size full|ci]
+
+Stages (each skipped when its output exists, so an interrupted build continues where it stopped):
+  1. judge        a CNN reading colour and shape, trained on real images only
+  2. autoencoder  TAESD layout (ComfyUI's "Load VAE" detects it), 32x32 images <-> 16x4x4 latents
+  3. t5           tiny flan-T5 layout + the real T5 tokenizer, autoencodes the captions
+  4. image model  tiny SD3-layout MMDiT ("Load Diffusion Model" detects it), rectified flow on the
+                  latents, conditioned ONLY on the tiny T5's encoder states of captions
+  5. vlm          tiny Qwen2-VL + the real Qwen tokenizer: captions with the paper's 16 instructions and
+                  answers the in-context prompt
+  6. aligner      our own `python -m train precompute | fit | export` on the VLM's generated-token states
+                  through the frozen tiny T5 *decoder*; it never sees the image model (one per seed and
+                  per ablation)
+The sizes are plain values in SIZES; `ci` is the reduced build CI runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from . import data
+
+IMAGE_SIZE = 32                  # generated / judged images (latents 4x4)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    judge_steps: int = 800
+    ae_steps: int = 700
+    t5_steps: int = 300
+    t5_dim: int = 64
+    dit_steps: int = 3000
+    dit_depth: int = 2
+    dit_batch: int = 64
+    vlm_steps: int = 1500
+    vlm_hidden: int = 96
+    vlm_layers: int = 2
+    vlm_vision_dim: int = 64
+    precompute_images: int = 1536
+    fit_steps: int = 600
+    aligner_hidden: int = 256
+    seeds: tuple = (0, 1, 2)
+    eval_cases: int = 400
+    ablations: bool = True
+
+
+SIZES = {
+    "full": Sizes(),
+    "smoke": Sizes(judge_steps=20, ae_steps=20, t5_steps=20, dit_steps=20, vlm_steps=10, precompute_images=64,
+                   fit_steps=20, seeds=(0,), eval_cases=8, ablations=True),
+    "ci": Sizes(judge_steps=300, ae_steps=300, t5_steps=150, dit_steps=900, vlm_steps=600, precompute_images=512,
+                fit_steps=300, seeds=(0,), eval_cases=100, ablations=False),
+}
+
+# aligner variants: name -> extra `python -m train fit` options (the default run is "aligner")
+ABLATIONS = {
+    "norm_ones": ["--norm-init", "ones"],             # output norm scale starts at 1, not the T5 encoder's norm
+    "no_decoder_dropout": ["--decoder-dropout", "false"],
+    "hidden_64": ["--aligner-hidden", "64"],          # capacity
+    "hidden_1024": ["--aligner-hidden", "1024"],
+}
+
+
+class Paths:
+    def __init__(self, out: str):
+        self.out = os.path.abspath(out)
+        j = lambda *p: os.path.join(self.out, *p)   # noqa: E731
+        self.judge, self.vae, self.t5, self.dit = j("judge.safetensors"), j("vae.safetensors"), j("t5"), j("dit.safetensors")
+        self.vlm, self.images, self.feats, self.runs = j("vlm"), j("precompute_images"), j("feats"), j("runs")
+        self.log = j("build.jsonl")
+
+    def aligner(self, name: str = "aligner", seed: int = 0) -> str:
+        return os.path.join(self.out, f"{name}_seed{seed}.safetensors")
+
+
+def _log_to(path: str):
+    def log(msg: str | dict) -> None:
+        if isinstance(msg, dict):
+            with open(path, "a") as f:
+                f.write(json.dumps({"time": time.time(), **msg}) + "\n")
+            msg = " ".join(f"{k}={v}" for k, v in msg.items())
+        print(f"[mini {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    return log
+
+
+def _save_file(tensors: dict, path: str, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+    tmp = path + ".tmp"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _stage(name: str, out: str, log, fn) -> None:
+    """Run fn(tmp) unless `out` exists; fn writes to tmp, which is renamed to out when complete."""
+    if os.path.exists(out):
+        log(f"{name}: exists ({out})")
+        return
+    tmp = out + ".partial"
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    elif os.path.exists(tmp):
+        os.remove(tmp)
+    t = time.time()
+    log(f"{name}: building")
+    metrics = fn(tmp) or {}
+    os.replace(tmp, out)
+    log({"stage": name, "seconds": round(time.time() - t, 1), **metrics})
+
+
+def load_dit(path: str):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .image import build_dit
+    with safe_open(path, "pt") as f:
+        cfg = json.loads(f.metadata()["mini_config"])
+    dit = build_dit(**cfg)
+    dit.load_state_dict(load_file(path))
+    return dit.eval()
+
+
+def load_vae(path: str):
+    from safetensors.torch import load_file
+
+    from .image import TAESD
+    return TAESD.from_comfy_state_dict(load_file(path))
+
+
+def load_judge(path: str):
+    from safetensors.torch import load_file
+
+    from .judge import Judge
+    j = Judge()
+    j.load_state_dict(load_file(path))
+    return j.eval()
+
+
+def fit_aligner(p: Paths, sizes: Sizes, name: str, seed: int, extra: list[str], log) -> str:
+    """`python -m train fit` + `export` (in this process, the same code as the command line)."""
+    from train.__main__ import main as train_main
+    out = p.aligner(name, seed)
+    if os.path.exists(out):
+        return out
+    hidden = str(sizes.aligner_hidden)
+    if "--aligner-hidden" in extra:
+        i = extra.index("--aligner-hidden")
+        hidden, extra = extra[i + 1], extra[:i] + extra[i + 2:]
+    run = os.path.join(p.runs, f"{name}_seed{seed}")
+    steps = str(sizes.fit_steps)
+    argv = ["fit", "--data", p.feats, "--t5", p.t5, "--out", run, "--hidden-dim", hidden, "--max-steps", steps,
+            "--batch-size", "32", "--lr", "1e-3", "--warmup-lr", "1e-5", "--warmup-steps", "50",
+            "--min-lr", "1e-4", "--decay-steps", steps, "--weight-decay", "0.0", "--val-shards", "1",
+            "--val-interval", steps, "--val-max-samples", "128", "--ckpt-interval", steps, "--log-interval", "50",
+            "--seed", str(seed), "--progress", "false", "--resume", *extra]
+    t = time.time()
+    log("python -m train " + " ".join(argv))
+    if train_main(argv) != 0:
+        raise RuntimeError(f"fit {name} seed {seed} failed")
+    if train_main(["export", "--run", run, "--out", out]) != 0:
+        raise RuntimeError(f"export {name} seed {seed} failed")
+    losses = [json.loads(line) for line in open(os.path.join(run, "log.jsonl")) if '"val_loss"' in line]
+    log({"stage": f"aligner {name} seed {seed}", "seconds": round(time.time() - t, 1),
+         "val_loss_start": losses[0]["val_loss"] if losses else None,
+         "val_loss_end": losses[-1]["val_loss"] if losses else None})
+    return out
+
+
+def build(out: str, size: str = "full", log=None) -> Paths:
+    from devtools import paths as dev_paths   # the tokenizers ComfyUI ships
+    sizes = SIZES[size]
+    p = Paths(out)
+    os.makedirs(p.out, exist_ok=True)
+    log = log or _log_to(p.log)
+    log({"event": "build", "size": size, "sizes": asdict(sizes), "threads": torch.get_num_threads()})
+    train_items, test_items = data.load("train"), data.load("test")
+    images = data.image_tensor(train_items, IMAGE_SIZE)
+    labels = data.labels(train_items)
+
+    # 1. judge: real images only; its accuracy on held-out real images is the ceiling of every score
+    def judge_stage(tmp):
+        from .judge import score, train_judge
+        judge = train_judge(images, labels, sizes.judge_steps, log=log)
+        _save_file(judge.state_dict(), tmp)
+        return {f"real_test_{k}": v for k, v in score(judge.predict(data.image_tensor(test_items, IMAGE_SIZE)),
+                                                       data.labels(test_items)).items()}
+    _stage("judge", p.judge, log, judge_stage)
+
+    # 2. autoencoder
+    def ae_stage(tmp):
+        from .image import train_autoencoder
+        ae = train_autoencoder(images, sizes.ae_steps, log=log)
+        _save_file(ae.comfy_state_dict(), tmp)
+        test = data.image_tensor(test_items, IMAGE_SIZE)
+        with torch.no_grad():
+            rec = ae.decode(ae.encode(test)).clamp(0, 1)
+        return {"test_mse": round((rec - test).pow(2).mean().item(), 5)}
+    _stage("autoencoder", p.vae, log, ae_stage)
+
+    # 3. T5
+    from .lang import t5_encode, train_t5, train_vlm
+    _stage("t5", p.t5, log, lambda tmp: (train_t5(tmp, dev_paths.tokenizer_dir("t5_tokenizer"), sizes.t5_steps,
+                                                   d_model=sizes.t5_dim, log=log), None)[1])
+
+    # 4. image model on T5 encoder states of the captions (every template), nothing else
+    def dit_stage(tmp):
+        from .image import train_dit
+        ae = load_vae(p.vae)
+        with torch.no_grad():
+            lat = torch.cat([ae.encode(images[i:i + 256]) for i in range(0, len(images), 256)])
+            lat_flip = torch.cat([ae.encode(images[i:i + 256].flip(-1)) for i in range(0, len(images), 256)])
+        classes = [(c, s) for c in data.COLOURS for s in data.SHAPES]
+        contexts = [t5_encode(p.t5, [data.caption(c, s, t) for t in data.TEMPLATES]) for c, s in classes]
+        cls = torch.tensor([classes.index((it.colour, it.shape)) for it in train_items])
+        cfg = dict(context_dim=sizes.t5_dim, depth=sizes.dit_depth, latent_size=lat.shape[-1])
+        dit = train_dit(torch.cat([lat, lat_flip]), torch.cat([cls, cls]), contexts, sizes.dit_steps,
+                        context_dim=sizes.t5_dim, depth=sizes.dit_depth, batch=sizes.dit_batch, log=log)
+        _save_file(dit.state_dict(), tmp, metadata={"mini_config": json.dumps(cfg)})
+    _stage("image model", p.dit, log, dit_stage)
+
+    # 5. VLM
+    _stage("vlm", p.vlm, log, lambda tmp: (train_vlm(
+        tmp, dev_paths.tokenizer_dir("qwen25_tokenizer"), train_items, sizes.vlm_steps, hidden=sizes.vlm_hidden,
+        layers=sizes.vlm_layers, vision_dim=sizes.vlm_vision_dim, log=log), None)[1])
+
+    # 6. aligner: precompute (the VLM captions held-in train images), then fit + export per seed / ablation
+    def images_stage(tmp):
+        os.makedirs(tmp)
+        for it in train_items[:sizes.precompute_images]:
+            shutil.copy(it.path, os.path.join(tmp, os.path.basename(it.path)))
+    _stage("precompute images", p.images, log, images_stage)
+    from train.__main__ import main as train_main   # resumable: finished shards are skipped
+    argv = ["precompute", "--vlm", p.vlm, "--data", p.images, "--out", p.feats, "--shard-size", "256",
+            "--max-new-tokens", "24", "--feature-dtype", "fp32", "--device", "cpu"]
+    t = time.time()
+    log("python -m train " + " ".join(argv))
+    if train_main(argv) != 0:
+        raise RuntimeError("precompute failed")
+    log({"stage": "precompute", "seconds": round(time.time() - t, 1)})
+    for seed in sizes.seeds:
+        fit_aligner(p, sizes, "aligner", seed, [], log)
+    if sizes.ablations:
+        for name, extra in ABLATIONS.items():
+            fit_aligner(p, sizes, name, 0, list(extra), log)
+    return p

@@ -1,0 +1,139 @@
+"""ThinkDiff-mini's language models: a tiny flan-T5 (autoencodes the captions) and a tiny Qwen2-VL (captions
+a shape with the paper's 16 instructions, and answers the in-context prompt), both real architectures with
+the real tokenizers, built by thinkdiff_core.tiny and trained here on easy-vqa."""
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import torch
+
+from thinkdiff_core.prompts import TRAINING_INSTRUCTIONS, build_prompt, caption_prompt, render_qwen_chat
+from thinkdiff_core.tiny import build_tiny_qwen2vl, build_tiny_t5
+
+from . import data
+
+VLM_IMAGE_PIXELS = 112 * 112   # every image becomes 112x112 for the tiny VLM: 16 merged visual tokens
+
+
+def t5_texts() -> list[str]:
+    """Every caption in every template, and every word suffix of them (the aligner's training targets
+    are suffixes of the VLM's captions)."""
+    out = set()
+    for c in data.COLOURS:
+        for s in data.SHAPES:
+            for t in data.TEMPLATES:
+                words = data.caption(c, s, t).split()
+                out.update(" ".join(words[i:]) for i in range(len(words)))
+    return sorted(out)
+
+
+def _cosine(step: int, steps: int, lr: float, warmup: int) -> float:
+    return lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
+def train_t5(dst: str, tokenizer_dir: str, steps: int, d_model: int = 64, batch: int = 64, lr: float = 3e-3,
+             seed: int = 0, log=print) -> str:
+    """A tiny flan-T5 layout trained to reproduce its input text (encoder -> decoder), saved to dst."""
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+    build_tiny_t5(dst, tokenizer_dir, d_model=d_model, seed=seed)
+    tok = AutoTokenizer.from_pretrained(dst, local_files_only=True)
+    model = T5ForConditionalGeneration.from_pretrained(dst, local_files_only=True).train()
+    texts = t5_texts()
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for step in range(steps):
+        batch_texts = [rng.choice(texts) for _ in range(batch)]
+        enc = tok(batch_texts, return_tensors="pt", padding=True)
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        for group in opt.param_groups:
+            group["lr"] = _cosine(step, steps, lr, 20)
+        loss = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  T5 step {step}/{steps} loss {loss.item():.4f}")
+    model.eval().save_pretrained(dst)
+    return dst
+
+
+@torch.no_grad()
+def t5_encode(t5_dir: str, texts: list[str]) -> list[torch.Tensor]:
+    """The tiny T5's encoder states [T_i, d_model] of each text (with its </s>), what the image model reads."""
+    from transformers import AutoTokenizer, T5EncoderModel
+    tok = AutoTokenizer.from_pretrained(t5_dir, local_files_only=True)
+    enc = T5EncoderModel.from_pretrained(t5_dir, local_files_only=True).eval()
+    return [enc(**tok([t], return_tensors="pt")).last_hidden_state[0] for t in texts]
+
+
+def vlm_example(rng: random.Random, items, groups: dict, in_context_p: float):
+    """(prompt, answer) of one training example: a caption with one of the 16 instructions, or (with
+    probability in_context_p) a 2-shot in-context case."""
+    if rng.random() < in_context_p:
+        case = data.in_context_case(rng, groups, shots=2)
+        return build_prompt("in_context", [data.load_image(it.path) for it in case.shots], case.text), case.answer
+    it = rng.choice(items)
+    return caption_prompt(data.load_image(it.path), rng.choice(TRAINING_INSTRUCTIONS)), data.caption(it.colour, it.shape)
+
+
+def build_vlm(dst: str, tokenizer_dir: str, hidden: int, layers: int, vision_dim: int, seed: int) -> str:
+    """The random tiny Qwen2-VL, its processor set to read every image at 112x112."""
+    from transformers import AutoProcessor
+    build_tiny_qwen2vl(dst, tokenizer_dir, hidden_size=hidden, num_layers=layers, vision_dim=vision_dim, seed=seed)
+    proc = AutoProcessor.from_pretrained(dst, local_files_only=True)
+    proc.image_processor.size = {"shortest_edge": VLM_IMAGE_PIXELS, "longest_edge": VLM_IMAGE_PIXELS}
+    proc.save_pretrained(dst)
+    return dst
+
+
+def train_vlm(dst: str, tokenizer_dir: str, items, steps: int, hidden: int = 96, layers: int = 2,
+              vision_dim: int = 64, batch: int = 16, lr: float = 1e-3, vision_lr_mult: float = 5.0,
+              in_context_p: float = 0.5, seed: int = 0, log=print) -> str:
+    """Train the tiny Qwen2-VL on easy-vqa: answer tokens only (the LM head is applied to those positions
+    only, so the 151k-wide logits never cover the prompt), AdamW, vision tower at a higher rate."""
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+    build_vlm(dst, tokenizer_dir, hidden, layers, vision_dim, seed)
+    proc = AutoProcessor.from_pretrained(dst, local_files_only=True)
+    tok = proc.tokenizer
+    tok.padding_side = "right"
+    model = Qwen2VLForConditionalGeneration.from_pretrained(dst, local_files_only=True).train()
+    visual = model.model.visual
+    vis_ids = {id(p) for p in visual.parameters()}
+    opt = torch.optim.AdamW([
+        {"params": [p for p in model.parameters() if id(p) not in vis_ids], "mult": 1.0},
+        {"params": list(visual.parameters()), "mult": vision_lr_mult}], lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    groups = data.by_key(items)
+    end = "<|im_end|>"
+    for step in range(steps):
+        texts, images, n_answer = [], [], []
+        for _ in range(batch):
+            prompt, answer = vlm_example(rng, items, groups, in_context_p)
+            text, ims = render_qwen_chat(prompt.content, add_vision_id=prompt.add_vision_id)
+            texts.append(text + answer + end)
+            images.extend(ims)
+            n_answer.append(len(tok(answer + end, add_special_tokens=False).input_ids))
+        inputs = proc(text=texts, images=images, return_tensors="pt", padding=True)
+        lengths = inputs["attention_mask"].sum(1)
+        rows, cols, targets = [], [], []
+        for b in range(batch):
+            last = int(lengths[b])
+            for p in range(last - n_answer[b], last):   # the state at p-1 predicts token p
+                rows.append(b)
+                cols.append(p - 1)
+                targets.append(inputs["input_ids"][b, p])
+        for group in opt.param_groups:
+            group["lr"] = _cosine(step, steps, lr, 50) * group["mult"]
+        hidden_states = model.model(**inputs).last_hidden_state
+        logits = model.lm_head(hidden_states[torch.tensor(rows), torch.tensor(cols)])
+        loss = torch.nn.functional.cross_entropy(logits.float(), torch.stack(targets))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  VLM step {step}/{steps} loss {loss.item():.4f}")
+    model.eval().save_pretrained(dst)
+    return dst
