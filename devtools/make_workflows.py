@@ -28,6 +28,7 @@ import uuid
 from devtools import comfy_server, paths
 from devtools.ui_to_api import BrowserFrontend
 from thinkdiff_core import release
+from train.mini import evaluate as mini_eval
 
 OUT = paths.WORKFLOWS
 WIDTH = HEIGHT = 512
@@ -170,15 +171,80 @@ WORKFLOWS = {
 }
 
 
+MINI = release.MINI_FILES
+# the evaluation's settings (train/mini/evaluate.py), so that the workflow computes what RESULTS.md reports
+MINI_STEPS, MINI_CFG, MINI_SIZE, MINI_VLM = mini_eval.STEPS, mini_eval.CFG, mini_eval.IMAGE_SIZE, mini_eval.VLM_SETTINGS
+MINI_NOTE = f"""ThinkDiff-mini: the method at a scale a laptop CPU runs (in-context reasoning)
+
+Tiny models trained on easy-vqa shapes by `python -m train mini build` and put in place by
+`python -m train mini install --models ComfyUI/models` (the README's first command does both):
+- {release.VLM_FOLDER}/{MINI[release.VLM_FOLDER]}/  (a tiny Qwen2-VL with the real Qwen tokenizer)
+- {release.ALIGNER_FOLDER}/{MINI[release.ALIGNER_FOLDER]}  (trained only through a tiny flan-T5 *decoder*)
+- diffusion_models/{MINI["diffusion_models"]}  (a tiny SD3-layout MMDiT trained only on the tiny T5 *encoder*)
+- vae/{MINI["vae"]}  (TAESD layout)
+Input images: example_inputs/thinkdiff_mini_*.png of the pack, copied into ComfyUI/input/.
+
+Text = one word per image, then the query word: "red, blue, green" with a red and a blue circle asks for
+a green circle; "circle, triangle, rectangle" with two shapes of one colour asks for a rectangle of it.
+The VLM's answer is shown in the Preview node; the aligner maps its tokens into the T5 space the image
+model reads. {MINI_STEPS} euler steps, cfg {MINI_CFG} against a zeroed conditioning, {MINI_SIZE}x{MINI_SIZE} pixels
+(scaled x8 for viewing). No CLIP is needed: the mini image model ignores the pooled vector."""
+
+
+def mini_spec() -> list[dict]:
+    """The mini graph: the stock SD3 loaders and sampler around the ThinkDiff nodes, wired as for real models."""
+    return [
+        {"key": "note", "type": "Note", "pos": [20, 700], "size": [760, 330], "widgets": {"text": MINI_NOTE}},
+        {"key": "vlm", "type": "ThinkDiffLoadVLM", "pos": [20, 20],
+         "widgets": {"vlm_name": MINI[release.VLM_FOLDER], "dtype": "auto", "keep_loaded": True}, **OURS},
+        {"key": "aligner", "type": "ThinkDiffLoadAligner", "pos": [20, 180],
+         "widgets": {"aligner_name": MINI[release.ALIGNER_FOLDER], "dtype": "fp32"}, **OURS},
+        {"key": "unet", "type": "UNETLoader", "pos": [20, 440],
+         "widgets": {"unet_name": MINI["diffusion_models"], "weight_dtype": "default"}},
+        {"key": "vae", "type": "VAELoader", "pos": [20, 580], "widgets": {"vae_name": MINI["vae"]}},
+        *images(["thinkdiff_mini_red_circle.png", "thinkdiff_mini_blue_circle.png"]),
+        {"key": "enc", "type": "ThinkDiffVLMEncode", "pos": [360, 400], "size": [400, 420],
+         "widgets": {"preset": "in_context", "text": "red, blue, green", "max_new_tokens": MINI_VLM["max_new_tokens"],
+                     "seed": 0, "control_after_generate": "fixed", "temperature": MINI_VLM["temperature"],
+                     "top_p": MINI_VLM["top_p"], "stop_at_eos": MINI_VLM["stop_at_eos"]},
+         "links": {"vlm": ["vlm", 0], "image_1": ["img1", 0], "image_2": ["img2", 0]}, **OURS},
+        {"key": "show", "type": "PreviewAny", "pos": [800, 700], "size": [400, 160], "title": "VLM text",
+         "links": {"source": ["enc", 1]}},
+        {"key": "cond", "type": "ThinkDiffConditioning", "pos": [800, 280],
+         "widgets": {"mode": "replace", "aligned_strength": 1.0, "text_strength": 1.0, "guidance": 3.5},
+         "links": {"aligner": ["aligner", 0], "embeds": ["enc", 0]}, **OURS},
+        {"key": "latent", "type": "EmptySD3LatentImage", "pos": [800, 540],
+         "widgets": {"width": MINI_SIZE, "height": MINI_SIZE, "batch_size": 1}},
+        {"key": "neg", "type": "ConditioningZeroOut", "pos": [1100, 180], "links": {"conditioning": ["cond", 0]}},
+        {"key": "sampler", "type": "KSampler", "pos": [1100, 280],
+         "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": MINI_STEPS, "cfg": MINI_CFG,
+                     "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0},
+         "links": {"model": ["unet", 0], "positive": ["cond", 0], "negative": ["neg", 0],
+                   "latent_image": ["latent", 0]}},
+        {"key": "decode", "type": "VAEDecode", "pos": [1420, 280],
+         "links": {"samples": ["sampler", 0], "vae": ["vae", 0]}},
+        {"key": "scale", "type": "ImageScaleBy", "pos": [1420, 380],
+         "widgets": {"upscale_method": "nearest-exact", "scale_by": 8.0}, "links": {"image": ["decode", 0]}},
+        {"key": "save", "type": "SaveImage", "pos": [1680, 280], "size": [300, 340],
+         "widgets": {"filename_prefix": "ThinkDiff/thinkdiff_mini_in_context"}, "links": {"images": ["scale", 0]}},
+    ]
+
+
 def spec(name: str) -> list[dict]:
-    w = WORKFLOWS[name]
-    note = {"key": "note", "type": "Note", "pos": [20, 880], "size": [760, 330],
-            "widgets": {"text": NOTE.format(title=w["title"], how=w["how"])}}
-    nodes = [note, *loaders(), *images(w["images"]), *middle(len(w["images"]), w["preset"], w["text"], name),
-             *w["sampler"]()]
+    if name in MINI_WORKFLOWS:
+        nodes = MINI_WORKFLOWS[name]()
+    else:
+        w = WORKFLOWS[name]
+        note = {"key": "note", "type": "Note", "pos": [20, 880], "size": [760, 330],
+                "widgets": {"text": NOTE.format(title=w["title"], how=w["how"])}}
+        nodes = [note, *loaders(), *images(w["images"]), *middle(len(w["images"]), w["preset"], w["text"], name),
+                 *w["sampler"]()]
     for n in nodes:   # margin for the frontend's side bar and tabs
         n["pos"] = [n["pos"][0] + 60, n["pos"][1] + 80]
     return nodes
+
+
+MINI_WORKFLOWS = {"thinkdiff_mini_in_context": mini_spec}
 
 
 def screenshot(url: str, path: str, name: str = "thinkdiff_in_context_reasoning") -> str:
@@ -194,7 +260,7 @@ def generate(url: str, out_dir: str = OUT) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     written = []
     with BrowserFrontend(url) as fe:
-        for name in WORKFLOWS:
+        for name in [*WORKFLOWS, *MINI_WORKFLOWS]:
             wf = fe.build(spec(name))
             wf["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "thinkdiff/" + name))
             path = os.path.join(out_dir, name + ".json")

@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -80,7 +81,7 @@ def _set_size(prompt: dict, node: dict, name: str, value: int) -> None:
 
 def apply_overrides(prompt: dict, *, steps: int | None = None, width: int | None = None,
                     height: int | None = None, seed: int | None = None, demo_models: bool = False,
-                    inputs: dict | None = None) -> dict:
+                    inputs: dict | None = None, images: list[str] | None = None, text: str | None = None) -> dict:
     """A copy of the prompt with sampler steps, image size, VLM seed, demo model names and any
     {class_type: {input: value}} overrides applied. The size goes where the workflow keeps it: into
     the Int nodes feeding the latent and ModelSamplingFlux (or into their own inputs when unlinked)."""
@@ -95,13 +96,39 @@ def apply_overrides(prompt: dict, *, steps: int | None = None, width: int | None
                     _set_size(p, node, name, value)
         if seed is not None and ct == "ThinkDiffVLMEncode":
             ins["seed"] = seed
+        if text is not None and ct == "ThinkDiffVLMEncode":
+            ins["text"] = text
         if demo_models:
             for (cls, name), value in DEMO_NAMES.items():
                 if ct == cls and name in ins:
                     ins[name] = value
         for name, value in (inputs or {}).get(ct, {}).items():
             ins[name] = value
-    return p
+    return set_images(p, images) if images else p
+
+
+_IMAGE_INPUT = re.compile(r"^(?:images\.)?image_([0-9]+)$")
+
+
+def set_images(prompt: dict, names: list[str]) -> dict:
+    """Feed these input-folder images, in order, to the workflow's VLM Encode Multimodal node: the
+    LoadImage nodes wired to it are replaced by one per name (the image_k inputs are renamed to this
+    ComfyUI's form by the pack's prompt migration)."""
+    enc_id = next((k for k, n in prompt.items() if n["class_type"] == "ThinkDiffVLMEncode"), None)
+    if enc_id is None:
+        raise ValueError("the workflow has no VLM Encode Multimodal node to give the images to")
+    ins = prompt[enc_id]["inputs"]
+    old = {k: v for k, v in ins.items() if _IMAGE_INPUT.match(k)}
+    template = {"image": "", "upload": "image"}
+    for k, v in old.items():
+        del ins[k]
+        if is_link(v) and prompt.get(v[0], {}).get("class_type") == "LoadImage":
+            template = copy.deepcopy(prompt.pop(v[0])["inputs"])
+    for i, name in enumerate(names, 1):
+        node_id = f"thinkdiff_input_{i}"
+        prompt[node_id] = {"class_type": "LoadImage", "inputs": {**template, "image": name}}
+        ins[f"image_{i}"] = [node_id, 0]
+    return prompt
 
 
 def collect(entry: dict, client: comfy_client.ComfyClient, out_dir: str, name: str) -> list[str]:
@@ -136,6 +163,9 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, help="override the image width (latent and ModelSamplingFlux)")
     ap.add_argument("--height", type=int, help="override the image height (latent and ModelSamplingFlux)")
     ap.add_argument("--seed", type=int, help="override the VLM seed")
+    ap.add_argument("--images", nargs="+", metavar="IMAGE",
+                    help="your images, in order, instead of the workflow's (copied into ComfyUI's input folder)")
+    ap.add_argument("--text", help="the text of the VLM Encode Multimodal node (e.g. 'red, blue, green')")
     ap.add_argument("--converter", choices=["auto", "browser", "python"], default="auto")
     ap.add_argument("--gpu", action="store_true", help="start ComfyUI without --cpu")
     ap.add_argument("--timeout", type=float, default=3600)
@@ -162,13 +192,16 @@ def main(argv=None) -> int:
                 build_demo_models(os.path.join(base, "models"), a.comfyui)
             comfy_server.install_pack(base)
             comfy_server.copy_example_inputs(base)
+            for src in a.images or ():
+                shutil.copy2(src, os.path.join(base, "input", os.path.basename(src)))
             server = comfy_server.ComfyServer(base, comfy_dir=a.comfyui, cpu=not a.gpu)
             print(f"[run_workflow] starting ComfyUI on {server.url} (log: {server.log_path})", file=sys.stderr)
             server.start()
             client = server.client()
         prompt, used = convert(workflow, client.url, a.converter)
         prompt = apply_overrides(prompt, steps=a.steps, width=a.width, height=a.height, seed=a.seed,
-                                 demo_models=a.demo_models)
+                                 demo_models=a.demo_models, text=a.text,
+                                 images=[os.path.basename(i) for i in a.images] if a.images else None)
         print(f"[run_workflow] converted with the {used} converter; queueing", file=sys.stderr)
         t = time.time()
         entry = client.run(prompt, workflow, timeout=a.timeout)

@@ -52,3 +52,14 @@ FLUX_DOWNLOADS = {
     "vae": {"name": FLUX_FILES["vae"], "directory": "vae",
             "url": f"https://huggingface.co/{FLUX_DEV_REPO}/resolve/main/{FLUX_FILES['vae']}"},
 }
+
+
+# ThinkDiff-mini (python -m train mini build): tiny models trained on easy-vqa that show the method working on
+# a CPU; `python -m train mini install` puts them under these names in ComfyUI's models folders, and
+# workflows/thinkdiff_mini_in_context.json loads them with the stock loaders around the ThinkDiff nodes.
+MINI_FILES = {
+    VLM_FOLDER: "thinkdiff-mini-qwen2vl",                       # a folder, like a real VLM
+    ALIGNER_FOLDER: "thinkdiff-mini-aligner.safetensors",
+    "diffusion_models": "thinkdiff-mini-sd3.safetensors",     # SD3-layout MMDiT on tiny-T5 states
+    "vae": "thinkdiff-mini-taesd.safetensors",                # TAESD layout, 16 latent channels
+}

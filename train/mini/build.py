@@ -33,7 +33,7 @@ IMAGE_SIZE = 32                  # generated / judged images (latents 4x4)
 @dataclass(frozen=True)
 class Sizes:
     judge_steps: int = 800
-    ae_steps: int = 700
+    ae_steps: int = 1200
     t5_steps: int = 300
     t5_dim: int = 64
     dit_steps: int = 3000
@@ -55,7 +55,7 @@ SIZES = {
     "full": Sizes(),
     "smoke": Sizes(judge_steps=20, ae_steps=20, t5_steps=20, dit_steps=20, vlm_steps=10, precompute_images=64,
                    fit_steps=20, seeds=(0,), eval_cases=8, ablations=True),
-    "ci": Sizes(judge_steps=300, ae_steps=300, t5_steps=150, dit_steps=900, vlm_steps=600, precompute_images=512,
+    "ci": Sizes(judge_steps=600, ae_steps=800, t5_steps=150, dit_steps=900, vlm_steps=600, precompute_images=512,
                 fit_steps=300, seeds=(0,), eval_cases=100, ablations=False),
 }
 
@@ -73,6 +73,7 @@ class Paths:
         self.out = os.path.abspath(out)
         j = lambda *p: os.path.join(self.out, *p)   # noqa: E731
         self.judge, self.vae, self.t5, self.dit = j("judge.safetensors"), j("vae.safetensors"), j("t5"), j("dit.safetensors")
+        self.dit_plain = j("dit_no_cond_aug.safetensors")
         self.vlm, self.images, self.feats, self.runs = j("vlm"), j("precompute_images"), j("feats"), j("runs")
         self.log = j("build.jsonl")
 
@@ -172,7 +173,9 @@ def fit_aligner(p: Paths, sizes: Sizes, name: str, seed: int, extra: list[str], 
     return out
 
 
-def build(out: str, size: str = "full", log=None) -> Paths:
+def build(out: str, size: str = "full", log=None, stop_after: str = "") -> Paths:
+    """Run the stages in order (existing outputs are kept); ``stop_after`` names the last stage to run
+    ('judge', 'autoencoder', 't5', 'image model', 'vlm'; empty = all)."""
     from devtools import paths as dev_paths   # the tokenizers ComfyUI ships
     sizes = SIZES[size]
     p = Paths(out)
@@ -191,6 +194,8 @@ def build(out: str, size: str = "full", log=None) -> Paths:
         return {f"real_test_{k}": v for k, v in score(judge.predict(data.image_tensor(test_items, IMAGE_SIZE)),
                                                        data.labels(test_items)).items()}
     _stage("judge", p.judge, log, judge_stage)
+    if stop_after == "judge":
+        return p
 
     # 2. autoencoder
     def ae_stage(tmp):
@@ -202,32 +207,43 @@ def build(out: str, size: str = "full", log=None) -> Paths:
             rec = ae.decode(ae.encode(test)).clamp(0, 1)
         return {"test_mse": round((rec - test).pow(2).mean().item(), 5)}
     _stage("autoencoder", p.vae, log, ae_stage)
+    if stop_after == "autoencoder":
+        return p
 
     # 3. T5
     from .lang import t5_encode, train_t5, train_vlm
     _stage("t5", p.t5, log, lambda tmp: (train_t5(tmp, dev_paths.tokenizer_dir("t5_tokenizer"), sizes.t5_steps,
                                                    d_model=sizes.t5_dim, log=log), None)[1])
+    if stop_after == "t5":
+        return p
 
     # 4. image model on T5 encoder states of the captions (every template), nothing else
-    def dit_stage(tmp):
+    def dit_stage(tmp, cond_noise: float = 0.5, token_drop: float = 0.15):
         from .image import train_dit
         ae = load_vae(p.vae)
         with torch.no_grad():
             lat = torch.cat([ae.encode(images[i:i + 256]) for i in range(0, len(images), 256)])
             lat_flip = torch.cat([ae.encode(images[i:i + 256].flip(-1)) for i in range(0, len(images), 256)])
         classes = [(c, s) for c in data.COLOURS for s in data.SHAPES]
-        contexts = [t5_encode(p.t5, [data.caption(c, s, t) for t in data.TEMPLATES]) for c, s in classes]
+        states = t5_encode(p.t5, [data.caption(c, s, t) for c, s in classes for t in data.TEMPLATES])
+        k = len(data.TEMPLATES)
+        contexts = [states[i * k:(i + 1) * k] for i in range(len(classes))]
         cls = torch.tensor([classes.index((it.colour, it.shape)) for it in train_items])
         cfg = dict(context_dim=sizes.t5_dim, depth=sizes.dit_depth, latent_size=lat.shape[-1])
         dit = train_dit(torch.cat([lat, lat_flip]), torch.cat([cls, cls]), contexts, sizes.dit_steps,
-                        context_dim=sizes.t5_dim, depth=sizes.dit_depth, batch=sizes.dit_batch, log=log)
+                        context_dim=sizes.t5_dim, depth=sizes.dit_depth, batch=sizes.dit_batch,
+                        cond_noise=cond_noise, token_drop=token_drop, log=log)
         _save_file(dit.state_dict(), tmp, metadata={"mini_config": json.dumps(cfg)})
     _stage("image model", p.dit, log, dit_stage)
+    if stop_after == "image model":
+        return p
 
     # 5. VLM
     _stage("vlm", p.vlm, log, lambda tmp: (train_vlm(
         tmp, dev_paths.tokenizer_dir("qwen25_tokenizer"), train_items, sizes.vlm_steps, hidden=sizes.vlm_hidden,
         layers=sizes.vlm_layers, vision_dim=sizes.vlm_vision_dim, log=log), None)[1])
+    if stop_after == "vlm":
+        return p
 
     # 6. aligner: precompute (the VLM captions held-in train images), then fit + export per seed / ablation
     def images_stage(tmp):
@@ -236,7 +252,8 @@ def build(out: str, size: str = "full", log=None) -> Paths:
             shutil.copy(it.path, os.path.join(tmp, os.path.basename(it.path)))
     _stage("precompute images", p.images, log, images_stage)
     from train.__main__ import main as train_main   # resumable: finished shards are skipped
-    argv = ["precompute", "--vlm", p.vlm, "--data", p.images, "--out", p.feats, "--shard-size", "256",
+    shard = str(max(64, sizes.precompute_images // 8))   # 8 shards: the last one is held out by fit
+    argv = ["precompute", "--vlm", p.vlm, "--data", p.images, "--out", p.feats, "--shard-size", shard,
             "--max-new-tokens", "24", "--feature-dtype", "fp32", "--device", "cpu"]
     t = time.time()
     log("python -m train " + " ".join(argv))
@@ -248,4 +265,7 @@ def build(out: str, size: str = "full", log=None) -> Paths:
     if sizes.ablations:
         for name, extra in ABLATIONS.items():
             fit_aligner(p, sizes, name, 0, list(extra), log)
+        # the image model without conditioning augmentation (noise and token drop on the T5 states)
+        _stage("image model without conditioning augmentation", p.dit_plain, log,
+               lambda tmp: dit_stage(tmp, cond_noise=0.0, token_drop=0.0))
     return p

@@ -1,6 +1,8 @@
-"""python -m train mini {build,eval} [--out DIR] [--size full|ci] [--threads N]
+"""python -m train mini {build,eval,install} [--out DIR] [--size full|ci] [--threads N]
 
-build  trains every ThinkDiff-mini model on easy-vqa (train/mini/build.py; stages resume)
+build    trains every ThinkDiff-mini model on easy-vqa (train/mini/build.py; stages resume)
+install  builds what is missing, then links the models into a ComfyUI models folder (--models) under the
+         names workflows/thinkdiff_mini_in_context.json loads (thinkdiff_core.release.MINI_FILES)
 eval   builds what is missing, then generates held-out cases and judges them (train/mini/evaluate.py);
        --results FILE writes the table into FILE between the mini markers, --grid FILE the image grid
 """
@@ -16,6 +18,14 @@ import torch
 
 MARK_BEGIN, MARK_END = "<!-- thinkdiff-mini results: begin -->", "<!-- thinkdiff-mini results: end -->"
 DEFAULT_OUT = os.path.join(".cache", "mini")
+
+
+ABLATION_TEXT = {
+    "norm_ones": "aligner output norm starts at 1 (not the T5 encoder's final norm)",
+    "no_decoder_dropout": "T5 decoder dropout off while fitting",
+    "hidden_64": "aligner hidden width 64 (default 256)",
+    "hidden_1024": "aligner hidden width 1024 (default 256)",
+}
 
 
 def _pct(r: dict) -> str:
@@ -42,11 +52,12 @@ def results_table(res: dict, command: str) -> str:
     lines += [f"The VLM's own text names the right colour and shape in {100 * t['caption']['both']:.1f}% of the "
               f"captions and {100 * t['in_context']['both']:.1f}% of the in-context answers.", ""]
     if res.get("ablations"):
-        lines += ["Ablations (aligner seed 0; the same cases):", "",
-                  "| aligner variant | aligned | in-context |", "|---|---|---|",
-                  f"| default (seed 0) | {_pct(c['aligned/seed0'])} | {_pct(c['in_context/seed0'])} |"]
+        lines += ["Ablations (aligner seed 0, the same cases; one thing changed per row):", "",
+                  "| variant | caption (upper bound) | aligned | in-context |", "|---|---|---|---|",
+                  f"| default | {_pct(c['caption'])} | {_pct(c['aligned/seed0'])} | {_pct(c['in_context/seed0'])} |"]
         for name, r in res["ablations"].items():
-            lines.append(f"| {name} | {_pct(r['aligned'])} | {_pct(r['in_context'])} |")
+            cap = _pct(r["caption"]) if "caption" in r else "(same image model)"
+            lines.append(f"| {ABLATION_TEXT.get(name, name)} | {cap} | {_pct(r['aligned'])} | {_pct(r['in_context'])} |")
         lines.append("")
     lines.append(MARK_END)
     return "\n".join(lines)
@@ -63,21 +74,48 @@ def write_results(path: str, table: str) -> None:
         f.write(text)
 
 
+def install(built, models: str, aligner_seed: int = 0) -> list[str]:
+    """Symlink the built models into ComfyUI's models folders under the names the mini workflow loads."""
+    from thinkdiff_core.release import ALIGNER_FOLDER, MINI_FILES, VLM_FOLDER
+    sources = {VLM_FOLDER: built.vlm, ALIGNER_FOLDER: built.aligner("aligner", aligner_seed),
+               "diffusion_models": built.dit, "vae": built.vae}
+    done = []
+    for folder, name in MINI_FILES.items():
+        dst = os.path.join(models, folder, name)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.islink(dst) or os.path.isfile(dst):
+            os.remove(dst)
+        elif os.path.isdir(dst):
+            import shutil
+            shutil.rmtree(dst)
+        os.symlink(os.path.abspath(sources[folder]), dst)
+        done.append(dst)
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train mini", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["build", "eval"])
+    p.add_argument("command", choices=["build", "eval", "install"])
     p.add_argument("--out", default=DEFAULT_OUT, help=f"models and logs (default {DEFAULT_OUT})")
     p.add_argument("--size", default="full", choices=["full", "ci", "smoke"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--results", default="", help="write the table into this markdown file (e.g. bench/RESULTS.md)")
     p.add_argument("--grid", default="", help="write the in-context image grid here (e.g. docs/mini_grid.png)")
+    p.add_argument("--models", default="", help="install: a ComfyUI models folder (e.g. ComfyUI/models)")
+    p.add_argument("--aligner-seed", type=int, default=0, help="install: which seed's aligner to install")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from .build import build
-    build(args.out, args.size)
+    built = build(args.out, args.size)
     if args.command == "build":
+        return 0
+    if args.command == "install":
+        if not args.models:
+            p.error("install needs --models (a ComfyUI models folder)")
+        for path in install(built, args.models, args.aligner_seed):
+            print("installed", path)
         return 0
     from .evaluate import evaluate, write_grid
     res = evaluate(args.out, args.size)

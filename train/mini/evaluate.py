@@ -112,9 +112,9 @@ def evaluate(out: str, size: str = "full", log=print) -> dict:
     seeds = list(range(n))
     results: dict = {"size": size, "n": n, "steps": STEPS, "cfg": CFG, "conditions": {}}
 
-    def judged(name: str, contexts, target, extra=None) -> dict:
-        imgs = generate(dit, vae, contexts, seeds)
-        r = {**score(judge.predict(imgs), target), **(extra or {})}
+    def judged(name: str, contexts, target, image_model=None) -> dict:
+        imgs = generate(image_model or dit, vae, contexts, seeds)
+        r = score(judge.predict(imgs), target)
         results["conditions"][name] = r
         log(f"  {name}: colour {r['colour']:.3f} shape {r['shape']:.3f} both {r['both']:.3f} (n={r['n']})")
         return {"images": imgs, **r}
@@ -122,7 +122,8 @@ def evaluate(out: str, size: str = "full", log=print) -> dict:
     with torch.no_grad():
         enc = lambda text: t5(**tok([text], return_tensors="pt")).last_hidden_state   # noqa: E731
         log("caption -> T5 encoder (upper bound)")
-        judged("caption", [enc(data.caption(it.colour, it.shape)) for it, _ in cap_cases], cap_target)
+        cap_ctx = [enc(data.caption(it.colour, it.shape)) for it, _ in cap_cases]
+        judged("caption", cap_ctx, cap_target)
         judged("empty", [enc("") for _ in cap_cases], cap_target)
 
     log(f"VLM: captions of {n} held-out images and {n} in-context cases")
@@ -159,6 +160,16 @@ def evaluate(out: str, size: str = "full", log=print) -> dict:
                                          ic_target)}
                 for v in results["ablations"][name].values():
                     v.pop("images")
+        if os.path.exists(p.dit_plain):   # the image model trained without conditioning augmentation
+            plain, aligner = load_dit(p.dit_plain), load_aligner(p.aligner("aligner", 0))
+            r = {"caption": judged("no cond. aug./caption", cap_ctx, cap_target, plain),
+                 "aligned": judged("no cond. aug./aligned", [conditioning(aligner, e) for e in cap_embeds],
+                                   cap_target, plain),
+                 "in_context": judged("no cond. aug./in_context", [conditioning(aligner, e) for e in ic_embeds],
+                                      ic_target, plain)}
+            for v in r.values():
+                v.pop("images")
+            results["ablations"]["image model without conditioning augmentation"] = r
     results["seconds"] = round(time.time() - t0, 1)
     results["grid"] = [{"words": c.text, "vlm_text": t, "answer": c.answer} for c, t, _ in grid_rows]
     with open(os.path.join(p.out, "eval.json"), "w") as f:
