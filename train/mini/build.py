@@ -13,7 +13,7 @@ Stages (each skipped when its output exists, so an interrupted build continues w
   6. aligner      our own `python -m train precompute | fit | export` on the VLM's generated-token states
                   through the frozen tiny T5 *decoder*; it never sees the image model (one per seed and
                   per ablation)
-The sizes are plain values in SIZES; `ci` is the reduced build CI runs.
+The sizes are plain values in SIZES; `ci` is the brief build CI runs (every stage for real, few steps).
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ class Sizes:
     dit_depth: int = 2
     dit_batch: int = 64
     vlm_steps: int = 1500
+    vlm_vision_steps: int = 400       # vision-tower warm-up on the labels before the language training
     vlm_hidden: int = 96
     vlm_layers: int = 2
     vlm_vision_dim: int = 64
@@ -53,10 +54,9 @@ class Sizes:
 
 SIZES = {
     "full": Sizes(),
-    "smoke": Sizes(judge_steps=20, ae_steps=20, t5_steps=20, dit_steps=20, vlm_steps=10, precompute_images=64,
-                   fit_steps=20, seeds=(0,), eval_cases=8, ablations=True),
-    "ci": Sizes(judge_steps=600, ae_steps=800, t5_steps=150, dit_steps=900, vlm_steps=600, precompute_images=512,
-                fit_steps=300, seeds=(0,), eval_cases=100, ablations=False),
+    # CI: every stage runs for real, briefly (a pipeline check: the models are far from trained)
+    "ci": Sizes(judge_steps=600, ae_steps=60, t5_steps=60, dit_steps=60, vlm_steps=40, vlm_vision_steps=20,
+                precompute_images=128, fit_steps=40, seeds=(0,), eval_cases=16, ablations=False),
 }
 
 # aligner variants: name -> extra `python -m train fit` options (the default run is "aligner")
@@ -173,11 +173,14 @@ def fit_aligner(p: Paths, sizes: Sizes, name: str, seed: int, extra: list[str], 
     return out
 
 
-def build(out: str, size: str = "full", log=None, stop_after: str = "") -> Paths:
+def build(out: str, size: str = "full", log=None, stop_after: str = "", models_only: bool = False) -> Paths:
     """Run the stages in order (existing outputs are kept); ``stop_after`` names the last stage to run
-    ('judge', 'autoencoder', 't5', 'image model', 'vlm'; empty = all)."""
+    ('judge', 'autoencoder', 't5', 'image model', 'vlm'; empty = all); ``models_only``: what the workflow
+    loads (one aligner, no ablations), as the quick start needs."""
     from devtools import paths as dev_paths   # the tokenizers ComfyUI ships
     sizes = SIZES[size]
+    if models_only:
+        sizes = replace(sizes, seeds=sizes.seeds[:1], ablations=False)
     p = Paths(out)
     os.makedirs(p.out, exist_ok=True)
     log = log or _log_to(p.log)
@@ -241,7 +244,8 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "") -> Paths
     # 5. VLM
     _stage("vlm", p.vlm, log, lambda tmp: (train_vlm(
         tmp, dev_paths.tokenizer_dir("qwen25_tokenizer"), train_items, sizes.vlm_steps, hidden=sizes.vlm_hidden,
-        layers=sizes.vlm_layers, vision_dim=sizes.vlm_vision_dim, log=log), None)[1])
+        layers=sizes.vlm_layers, vision_dim=sizes.vlm_vision_dim, vision_steps=sizes.vlm_vision_steps, log=log),
+        None)[1])
     if stop_after == "vlm":
         return p
 

@@ -16,6 +16,8 @@ import sys
 
 import torch
 
+from .build import SIZES
+
 MARK_BEGIN, MARK_END = "<!-- thinkdiff-mini results: begin -->", "<!-- thinkdiff-mini results: end -->"
 DEFAULT_OUT = os.path.join(".cache", "mini")
 
@@ -75,6 +77,7 @@ def write_results(path: str, table: str) -> None:
 
 
 def install(built, models: str, aligner_seed: int = 0) -> list[str]:
+    # (the quick start installs seed 0's aligner; `eval` reports every seed)
     """Symlink the built models into ComfyUI's models folders under the names the mini workflow loads."""
     from thinkdiff_core.release import ALIGNER_FOLDER, MINI_FILES, VLM_FOLDER
     sources = {VLM_FOLDER: built.vlm, ALIGNER_FOLDER: built.aligner("aligner", aligner_seed),
@@ -98,23 +101,22 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["build", "eval", "install"])
     p.add_argument("--out", default=DEFAULT_OUT, help=f"models and logs (default {DEFAULT_OUT})")
-    p.add_argument("--size", default="full", choices=["full", "ci", "smoke"])
+    p.add_argument("--size", default="full", choices=list(SIZES))
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--results", default="", help="write the table into this markdown file (e.g. bench/RESULTS.md)")
     p.add_argument("--grid", default="", help="write the in-context image grid here (e.g. docs/mini_grid.png)")
     p.add_argument("--models", default="", help="install: a ComfyUI models folder (e.g. ComfyUI/models)")
-    p.add_argument("--aligner-seed", type=int, default=0, help="install: which seed's aligner to install")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from .build import build
-    built = build(args.out, args.size)
+    built = build(args.out, args.size, models_only=args.command == "install")
     if args.command == "build":
         return 0
     if args.command == "install":
         if not args.models:
             p.error("install needs --models (a ComfyUI models folder)")
-        for path in install(built, args.models, args.aligner_seed):
+        for path in install(built, args.models):
             print("installed", path)
         return 0
     from .evaluate import evaluate, write_grid

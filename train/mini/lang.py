@@ -4,7 +4,6 @@ the real tokenizers, built by thinkdiff_core.tiny and trained here on easy-vqa."
 from __future__ import annotations
 
 import math
-import os
 import random
 
 import torch
@@ -88,17 +87,46 @@ def build_vlm(dst: str, tokenizer_dir: str, hidden: int, layers: int, vision_dim
     return dst
 
 
+def pretrain_vision(model, proc, items, steps: int, batch: int = 32, lr: float = 3e-3, seed: int = 0, log=print):
+    """Warm the random vision tower up on the labels (a linear probe on its mean merged token predicts colour
+    and shape), so the language model has visual features to learn to read: the slow part otherwise."""
+    visual = model.model.visual
+    probe = torch.nn.Linear(model.config.text_config.hidden_size, len(data.COLOURS) + len(data.SHAPES))
+    opt = torch.optim.AdamW([*visual.parameters(), *probe.parameters()], lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    nc = len(data.COLOURS)
+    for step in range(steps):
+        chosen = [rng.choice(items) for _ in range(batch)]
+        px = proc.image_processor([data.load_image(it.path) for it in chosen], return_tensors="pt")
+        feats = model.model.get_image_features(px["pixel_values"], px["image_grid_thw"])
+        feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+        pooled = torch.stack([f.mean(0) for f in (feats if isinstance(feats, (list, tuple)) else
+                                                    feats.split(int(feats.shape[0]) // batch))])
+        logits = probe(pooled)
+        labels = torch.tensor([it.label for it in chosen])
+        loss = (torch.nn.functional.cross_entropy(logits[:, :nc], labels[:, 0])
+                + torch.nn.functional.cross_entropy(logits[:, nc:], labels[:, 1]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  VLM vision warm-up step {step}/{steps} loss {loss.item():.4f}")
+
+
 def train_vlm(dst: str, tokenizer_dir: str, items, steps: int, hidden: int = 96, layers: int = 2,
               vision_dim: int = 64, batch: int = 16, lr: float = 1e-3, vision_lr_mult: float = 5.0,
-              in_context_p: float = 0.5, seed: int = 0, log=print) -> str:
+              in_context_p: float = 0.5, vision_steps: int = 0, seed: int = 0, log=print) -> str:
     """Train the tiny Qwen2-VL on easy-vqa: answer tokens only (the LM head is applied to those positions
-    only, so the 151k-wide logits never cover the prompt), AdamW, vision tower at a higher rate."""
+    only, so the 151k-wide logits never cover the prompt), AdamW, vision tower at a higher rate, after
+    ``vision_steps`` of :func:`pretrain_vision`."""
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
     build_vlm(dst, tokenizer_dir, hidden, layers, vision_dim, seed)
     proc = AutoProcessor.from_pretrained(dst, local_files_only=True)
     tok = proc.tokenizer
     tok.padding_side = "right"
     model = Qwen2VLForConditionalGeneration.from_pretrained(dst, local_files_only=True).train()
+    if vision_steps:
+        pretrain_vision(model, proc, items, vision_steps, seed=seed, log=log)
     visual = model.model.visual
     vis_ids = {id(p) for p in visual.parameters()}
     opt = torch.optim.AdamW([
