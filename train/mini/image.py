@@ -138,7 +138,8 @@ def train_autoencoder(images: torch.Tensor, steps: int, batch: int = 32, lr: flo
 
 
 # ---- the MMDiT (diffusers SD3 layout; ComfyUI converts its keys and detects "SD3") ----
-def build_dit(context_dim: int, depth: int = 2, latent_size: int = 4, patch_size: int = 1, seed: int = 0):
+def build_dit(context_dim: int, depth: int = 2, latent_size: int = 4, patch_size: int = 2, seed: int = 0):
+    # patch 2: ComfyUI's MMDiT crops its position table to (h + 1) // patch, which is only h / patch for 2
     from diffusers import SD3Transformer2DModel
     torch.manual_seed(seed)
     return SD3Transformer2DModel(
