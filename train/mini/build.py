@@ -55,7 +55,7 @@ class Sizes:
 SIZES = {
     "full": Sizes(),
     # CI: every stage runs for real, briefly (a pipeline check: the models are far from trained)
-    "ci": Sizes(judge_steps=600, ae_steps=60, t5_steps=60, dit_steps=60, vlm_steps=40, vlm_vision_steps=20,
+    "ci": Sizes(judge_steps=600, ae_steps=60, t5_steps=60, dit_steps=400, vlm_steps=40, vlm_vision_steps=20,
                 precompute_images=128, fit_steps=40, seeds=(0,), eval_cases=16, ablations=False),
 }
 
