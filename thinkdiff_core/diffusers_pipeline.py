@@ -11,7 +11,7 @@ tokenizer), distilled guidance 3.5, 28 steps, 512x512 for the in-context preset 
     from thinkdiff_core.vlm import VLMEncoder
     from thinkdiff_core.diffusers_pipeline import generate
 
-    pipe = FluxPipeline.from_pretrained("FLUX.1-dev", torch_dtype=torch.bfloat16, local_files_only=True).to("cuda")
+    pipe = FluxPipeline.from_pretrained("FLUX.1-dev", dtype=torch.bfloat16, local_files_only=True).to("cuda")
     vlm = VLMEncoder.from_pretrained("Qwen2-VL-7B-Instruct", dtype="bf16", device="cuda")
     aligner, _ = load_aligner("thinkdiff_lvlm.pth")
     out = generate(pipe, vlm, aligner.to("cuda"), images=[img1, img2], text="white, red, black", preset="in_context")

@@ -115,7 +115,7 @@ class _Generator:
         check_flux_folder(cfg.flux)
         self.vlm = VLMEncoder.from_pretrained(cfg.vlm, dtype=dtype, device=self.device)
         self.aligner, _ = load_aligner(cfg.aligner, device=self.device)
-        self.pipe = FluxPipeline.from_pretrained(cfg.flux, torch_dtype=dtype, local_files_only=True)
+        self.pipe = FluxPipeline.from_pretrained(cfg.flux, dtype=dtype, local_files_only=True)
         if cfg.cpu_offload:
             self.pipe.enable_model_cpu_offload()
         else:
