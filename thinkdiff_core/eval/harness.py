@@ -236,6 +236,9 @@ def run(cfg: Config) -> dict:
             encoder = VLMEncoder.from_pretrained(cfg.judge_dir(), dtype=resolve_dtype(cfg.dtype, device), device=device)
         if gen is not None:   # FLUX is not needed any more: free its memory for the judge
             gen.pipe = None
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         judge = Judge(encoder, cfg.judge_max_new_tokens)
         with _progress(len(todo), "judging") as bar:
             for m, s in todo:
