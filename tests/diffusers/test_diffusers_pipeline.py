@@ -29,7 +29,8 @@ def test_image_equals_the_pipeline_called_directly_with_the_aligned_embeddings(p
     with torch.no_grad():
         prompt_embeds = aligner(vlm.hidden).unsqueeze(0)
         _, pooled, _ = pipe.encode_prompt(prompt="", prompt_2="")
-    assert torch.allclose(out.conditioning.tokens, prompt_embeds) and torch.allclose(out.conditioning.pooled, pooled)
+    assert torch.allclose(out.conditioning.tokens, prompt_embeds), "prompt_embeds are not the aligned VLM rows"
+    assert torch.allclose(out.conditioning.pooled, pooled), "pooled_prompt_embeds are not CLIP-L's pooled output of ''"
     assert out.conditioning.guidance == 3.5
     direct = pipe(prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled, guidance_scale=3.5,
                   num_inference_steps=STEPS, height=SIZE, width=SIZE,
