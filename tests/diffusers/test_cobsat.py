@@ -100,8 +100,10 @@ def test_cobsat_command_end_to_end_and_resume(fixture_dir, tiny_flux_dir, tiny_v
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     # labelled: synthetic data, partial run, another judge than the benchmark's
-    assert any(ln.startswith("! SYNTHETIC FIXTURE") and "meaningless" in ln for ln in lines)
-    assert any(ln.startswith("! PARTIAL RUN: 1 of 1000 samples per task") for ln in lines)
+    assert any(ln.startswith("! SYNTHETIC FIXTURE") and "meaningless" in ln for ln in lines), \
+        "the table does not say that the fixture's numbers are meaningless:\n" + r.stdout
+    assert any(ln.startswith("! PARTIAL RUN: 1 of 1000 samples per task") for ln in lines), \
+        "the table does not say that the run is partial:\n" + r.stdout
     # the paper's table shape: a block per shot, methods as rows, the tasks in the paper's order plus Avg
     for shot in (2, 4):
         i = lines.index(next(ln for ln in lines if ln.startswith(f"CoBSAT {shot}-shot accuracy")))
