@@ -38,7 +38,7 @@ def test_samples_follow_load_dataset(fixture_dir):
     d = os.path.join(fixture_dir, "datasets")
     assert s.images == [os.path.join(d, "color_car", "blue_car.jpg"), os.path.join(d, "color_car", "brown_car.jpg")]
     assert s.truth == {"detail": "orange", "obj": "car"} and cobsat.true_labels(s) == {"detail": 6, "obj": 5}
-    # task 6 (Style-II: text = object, latent = style), 4-shot, sample 0: objects 8 7 5 9 2, style[theta_list[5]] = style[0]
+    # task 6 (Style-II: text = object, latent = style), 4-shot, sample 0: objects 8 7 5 9 2, style[perm_theta[5]]
     s = cobsat.build_samples(fixture_dir, 6, 4, max_samples=1)[0]
     assert s.theta == "watercolor" and s.words == ["bag", "ball", "box", "apple", "cup"] and len(s.images) == 4
     assert s.images[0] == os.path.join(d, "style_bag", "watercolor_bag.jpg")
@@ -113,6 +113,8 @@ def test_cobsat_command_end_to_end_and_resume(fixture_dir, tiny_flux_dir, tiny_v
         assert lines[i + 4].startswith("(paper) ThinkDiff-LVLM")
     assert "generated 8 image(s) (0 already there), judged 8" in r.stdout
     res = json.loads((out / "results.json").read_text())
+    printed = json.loads(lines[-1])   # the table as JSON, after it
+    assert printed["accuracy"] == res["accuracy"] and printed["labels"] == res["labels"]
     assert set(res["accuracy"]) == {"thinkdiff", "text_rewriter"}
     for m in res["accuracy"]:
         assert set(res["accuracy"][m]) == {"2", "4"}

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="most tokens the VLM may write for the text-rewriter prompt (it stops at EOS)")
     c.add_argument("--judge-max-new-tokens", type=int, default=512, help="most tokens of a judge reply (greedy)")
     c.add_argument("--cpu-offload", action="store_true", help="diffusers enable_model_cpu_offload() for FLUX")
-    c.add_argument("--json", action="store_true", help="print the results JSON after the table")
+    c.add_argument("--json", action="store_true",
+                   help="print all of results.json after the table (default: accuracies and labels as one JSON line)")
     args = p.parse_args(argv)
     cfg = Config(cobsat=args.cobsat, out=args.out, flux=args.flux, vlm=args.vlm, aligner=args.aligner,
                  judge=args.judge, shots=args.shots, tasks=args.tasks, max_samples=args.max_samples,
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({s['skipped_judging']} already there) in {result['seconds']} s; results: {args.out}/results.json")
     if args.json:
         print(json.dumps(result, indent=1))
+    else:   # the table as one JSON line (all of results.json with --json)
+        print(json.dumps({k: result[k] for k in ("benchmark", "samples_per_task", "judge", "labels", "accuracy")}))
     return 0
 
 

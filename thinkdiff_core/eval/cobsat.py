@@ -206,7 +206,8 @@ def write_fixture(root: str, size: int = 16) -> str:
             os.makedirs(os.path.join(d, f"{detail_space}_{obj}"), exist_ok=True)
             for detail in ITEMS[detail_space]:
                 rgb = tuple(hashlib.sha256(f"{detail}_{obj}".encode()).digest()[:3])
-                Image.new("RGB", (size, size), rgb).save(os.path.join(d, f"{detail_space}_{obj}", f"{detail}_{obj}.jpg"))
+                path = os.path.join(d, f"{detail_space}_{obj}", f"{detail}_{obj}.jpg")
+                Image.new("RGB", (size, size), rgb).save(path)
     with open(os.path.join(d, FIXTURE_MARKER), "w") as f:
         f.write("Synthetic CoBSAT-layout fixture (flat-colour images), not the benchmark's data: scores on it are "
                 "meaningless.\n")
