@@ -6,6 +6,8 @@ final-norm rows of generated tokens), ``conditioning`` (typed embeds -> FLUX con
 ``dtypes`` (the one dtype table), ``release`` (names of the official files and models),
 ``tiny`` (random-weight models with real tokenizers, for tests and the demo). The method notes the
 code cites are in docs/method.md.
+Outside ComfyUI: ``diffusers_pipeline`` (ThinkDiff on a diffusers FluxPipeline) and ``eval`` (the CoBSAT
+harness, ``python -m thinkdiff_core.eval cobsat``); diffusers is an optional extra, imported only there.
 Submodules are imported on use so that ``import thinkdiff_core`` stays cheap.
 """
 __version__ = "0.1.0"

@@ -14,14 +14,20 @@ import torch
 from .aligner import Aligner
 
 
+# where ComfyUI keeps each tokenizer folder: the CLIP-L one (FLUX's `tokenizer`) sits beside comfy/sd1_clip.py
+_TOKENIZER_HOMES = {"sd1_tokenizer": ("comfy",)}
+
+
 def find_tokenizer(name: str, comfyui_dir: str | os.PathLike | None = None) -> str:
-    """Folder of a tokenizer ComfyUI ships: name is 'qwen25_tokenizer' or 't5_tokenizer'.
+    """Folder of a tokenizer ComfyUI ships: name is 'qwen25_tokenizer', 't5_tokenizer' (comfy/text_encoders/)
+    or 'sd1_tokenizer' (comfy/: the CLIP-L tokenizer).
 
     Looked up in ``comfyui_dir``, else in the ComfyUI folder named by the COMFYUI_DIR variable."""
+    home = _TOKENIZER_HOMES.get(name, ("comfy", "text_encoders"))
     for c in (comfyui_dir, os.environ.get("COMFYUI_DIR")):
-        if c and os.path.isdir(os.path.join(c, "comfy", "text_encoders", name)):
-            return os.path.join(c, "comfy", "text_encoders", name)
-    raise FileNotFoundError(f"tokenizer folder comfy/text_encoders/{name} not found (looked in "
+        if c and os.path.isdir(os.path.join(c, *home, name)):
+            return os.path.join(c, *home, name)
+    raise FileNotFoundError(f"tokenizer folder {'/'.join(home)}/{name} not found (looked in "
                             f"{comfyui_dir or '-'} and COMFYUI_DIR={os.environ.get('COMFYUI_DIR') or '(unset)'}); "
                             f"pass a ComfyUI folder or set COMFYUI_DIR to one")
 
@@ -106,3 +112,41 @@ def build_tiny_t5(dst: str | os.PathLike, tokenizer_dir: str | os.PathLike, d_mo
     model.save_pretrained(dst)
     tok.save_pretrained(dst)
     return dst
+
+
+def build_tiny_flux_pipeline(dst: str | os.PathLike | None, clip_tokenizer_dir: str | os.PathLike,
+                             t5_tokenizer_dir: str | os.PathLike, joint_dim: int = 32, seed: int = 0):
+    """A random diffusers ``FluxPipeline`` of the real architecture (FLUX transformer with 1 double + 1 single
+    block, a 1-level AutoencoderKL, CLIPTextModel, T5EncoderModel, FlowMatchEulerDiscreteScheduler) with the
+    REAL CLIP-L and T5 tokenizers ComfyUI ships (``find_tokenizer('sd1_tokenizer')`` / ``('t5_tokenizer')``).
+
+    The T5 width (``joint_dim``) is what an aligner for it must output; CLIP keeps its real width 768 so the
+    pooled vector has FLUX's real size. Saved with ``save_pretrained`` to ``dst`` (a folder that
+    ``FluxPipeline.from_pretrained`` loads) unless ``dst`` is None; the pipeline is returned either way.
+    Sizes follow diffusers' own FluxPipeline fast tests: images must be multiples of 16 pixels (8 works too)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=joint_dim,
+                                         pooled_projection_dim=768, axes_dims_rope=[4, 4, 8])
+    clip_tok = CLIPTokenizer.from_pretrained(os.fspath(clip_tokenizer_dir), local_files_only=True)
+    clip_tok.model_max_length = 77   # ComfyUI's copy says 8192 (it chunks prompts itself); FLUX.1-dev's says 77
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=768, intermediate_size=64,
+                                        num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=77,
+                                        bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id,
+                                        pad_token_id=clip_tok.pad_token_id, hidden_act="quick_gelu",
+                                        projection_dim=768))
+    t5_tok = AutoTokenizer.from_pretrained(os.fspath(t5_tokenizer_dir), local_files_only=True)
+    t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=joint_dim, d_kv=8, d_ff=2 * joint_dim, num_layers=1,
+                                 num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0))
+    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+                        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.0609, scaling_factor=1.5035)
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clip, tokenizer=clip_tok,
+                        text_encoder_2=t5, tokenizer_2=t5_tok, transformer=transformer)
+    for m in (transformer, clip, t5, vae):
+        m.eval()
+    if dst is not None:
+        pipe.save_pretrained(os.fspath(dst))
+    return pipe
