@@ -69,8 +69,8 @@ def check_image_inputs(node_inputs: dict) -> None:
     """Image inputs the node does not have (image_7, ...) would be ignored by ComfyUI without a word: refuse."""
     extra = sorted(k for k in node_inputs if _NAME_RE.match(k) and k not in known_image_names())
     if extra:
-        raise ValueError(f"VLM Encode Multimodal takes at most {MAX_IMAGES} image inputs (image_1 .. image_{MAX_IMAGES}); "
-                         f"{', '.join(extra)} would be ignored. Connect at most {MAX_IMAGES}, or join images into "
+        raise ValueError(f"VLM Encode Multimodal takes at most {MAX_IMAGES} image inputs "
+                         f"(image_1 .. image_{MAX_IMAGES}); {', '.join(extra)} would be ignored. Connect at most {MAX_IMAGES}, or join images into "
                          f"a batch (a batch counts as several images, in order)")
 
 

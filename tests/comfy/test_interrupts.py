@@ -14,7 +14,7 @@ import uuid
 import numpy as np
 import pytest
 
-from devtools import comfy_client, run_workflow
+from devtools import comfy_client
 from tests.comfy.test_nodes_server import image_array, node_id, prompt_for, run_ok
 
 ENC = "ThinkDiffVLMEncode"
@@ -25,8 +25,15 @@ class Watcher:
 
     def __init__(self, url: str):
         self.url, self.client_id, self.messages = url, f"thinkdiff-int-{uuid.uuid4().hex[:8]}", []
-        self._ready, self._stop = threading.Event(), threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._ready, self._stop, self.error = threading.Event(), threading.Event(), None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self):
+        try:
+            asyncio.run(self._run())
+        except Exception as e:  # noqa: BLE001 - reported by __enter__
+            self.error = e
+            self._ready.set()
 
     async def _run(self):
         import aiohttp
@@ -45,7 +52,7 @@ class Watcher:
 
     def __enter__(self) -> "Watcher":
         self._thread.start()
-        assert self._ready.wait(30), "could not connect to /ws"
+        assert self._ready.wait(180) and self.error is None, f"could not connect to /ws: {self.error!r}"
         return self
 
     def __exit__(self, *exc):
