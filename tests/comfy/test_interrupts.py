@@ -18,6 +18,7 @@ from devtools import comfy_client
 from tests.comfy.test_nodes_server import image_array, node_id, prompt_for, run_ok
 
 ENC = "ThinkDiffVLMEncode"
+SAMPLING_SEED = 97
 
 
 class Watcher:
@@ -141,7 +142,7 @@ def test_interrupt_during_generation(server, client, slow_prompt):
 def test_interrupt_during_sampling(server, client, frontend, object_info):
     """Cancel while FLUX samples: the VLM's finished result may be reused, the sampler runs again, and the
     image equals an uninterrupted run's."""
-    prompt = prompt_for("thinkdiff_in_context_reasoning.json", frontend, object_info, seed=97, steps=12)
+    prompt = prompt_for("thinkdiff_in_context_reasoning.json", frontend, object_info, seed=SAMPLING_SEED, steps=12)
     enc, sampler = node_id(prompt, ENC), node_id(prompt, "KSampler")
     reference = run_ok(client, with_inputs(prompt, ThinkDiffLoadVLM={"keep_loaded": False}))
     entry, stopped_after = interrupt_at(server, prompt, sampler)
