@@ -377,6 +377,7 @@ def run_case(case: Case, client, env: Env) -> None:
     prompt = case.edit(copy.deepcopy(env.base), env)
     inputs_of(prompt, ENC)["seed"] = next(env.seeds) if "seed" not in case.id else inputs_of(prompt, ENC)["seed"]
     stage, seen, entry = what_the_user_sees(client, prompt)
+    assert not os.path.exists(env.marker), "a checkpoint's pickled code ran"
     assert stage == case.stage, f"{case.id}: expected {case.stage}, got {stage}: {seen}\n{client.describe()}"
     if case.stage != "ok":
         assert pattern(case.message).search(seen), f"{case.id}: the user sees:\n{seen}\nexpected: {case.message}"
@@ -390,7 +391,6 @@ def run_case(case: Case, client, env: Env) -> None:
         assert comfy_client.output_images(entry), f"{case.id}: no image"
     if case.stage == "error":   # no image half-made
         assert not comfy_client.output_images(entry), entry["outputs"]
-    assert not os.path.exists(env.marker), "a checkpoint's pickled code ran"
     # the server still serves: a good prompt (a fresh VLM seed: every node after the loaders runs again)
     good = copy.deepcopy(env.base)
     inputs_of(good, ENC)["seed"] = next(env.seeds)
