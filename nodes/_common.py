@@ -76,6 +76,10 @@ def where_aligner() -> str:
     return release.where_aligner(roots[0] if roots else None)
 
 
+def missing_aligner(name: str) -> str:
+    return f"aligner file '{name}' not found in models/{ALIGNER_FOLDER}. {where_aligner()}."
+
+
 def images_to_pil(*images: torch.Tensor | None) -> list:
     """ComfyUI IMAGE tensors [B, H, W, C] in 0..1 -> PIL RGB images, in input order; a batch of B
     counts as B images. None (an unconnected input) is skipped."""

@@ -47,16 +47,59 @@ def images_in_order(kwargs: dict) -> list:
     return [group.get(name, kwargs.get(name)) for name in IMAGE_NAMES]
 
 
-_NAME_RE = re.compile(rf"^(?:{IMAGES_GROUP}\.)?(image_[1-9][0-9]*)$")
+# image_2 / images.image_2, and the names of early versions of the node: image (the first), image2, ...
+_NAME_RE = re.compile(rf"^(?:{IMAGES_GROUP}\.)?image_?([1-9][0-9]*)?$")
 
 
 def input_name(name: str) -> str:
-    """An image input's name as this ComfyUI's schema spells it ('image_2' <-> 'images.image_2');
-    other names unchanged."""
+    """An image input's name as this ComfyUI's schema spells it ('image_2' <-> 'images.image_2'; the early
+    names 'image' and 'image2' become image_1 and image_2); other names unchanged."""
     m = _NAME_RE.match(name)
     if not m:
         return name
-    return f"{IMAGES_GROUP}.{m.group(1)}" if AUTOGROW else m.group(1)
+    slot = f"image_{m.group(1) or 1}"
+    return f"{IMAGES_GROUP}.{slot}" if AUTOGROW else slot
+
+
+def known_image_names() -> set[str]:
+    return {input_name(n) for n in IMAGE_NAMES}
+
+
+def check_image_inputs(node_inputs: dict) -> None:
+    """Image inputs the node does not have (image_7, ...) would be ignored by ComfyUI without a word: refuse."""
+    extra = sorted(k for k in node_inputs if _NAME_RE.match(k) and k not in known_image_names())
+    if extra:
+        raise ValueError(f"VLM Encode Multimodal takes at most {MAX_IMAGES} image inputs "
+                         f"(image_1 .. image_{MAX_IMAGES}); {', '.join(extra)} would be ignored. Connect at most {MAX_IMAGES}, or join images into "
+                         f"a batch (a batch counts as several images, in order)")
+
+
+def check_aligners_downstream(prompt: dict | None, node_id: str | None, vlm) -> None:
+    """Before generating: the aligners that will read this node's embeds (ThinkDiff Conditioning nodes fed
+    by it, their Load ThinkDiff Aligner) exist, are readable and fit this VLM (input size) and FLUX (output
+    width). Otherwise the mismatch would surface only after the VLM has generated."""
+    import folder_paths
+    from ..thinkdiff_core.checkpoint import peek_dims
+    from ..thinkdiff_core.conditioning import check_compatible, check_output_width
+    from ..thinkdiff_core.release import ALIGNER_FOLDER
+    if not isinstance(prompt, dict) or node_id is None:
+        return
+    for node in prompt.values():
+        inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
+        embeds, aligner = inputs.get("embeds"), inputs.get("aligner")
+        if node.get("class_type") != "ThinkDiffConditioning" or not isinstance(embeds, list) \
+                or str(embeds[0]) != str(node_id) or not isinstance(aligner, list):
+            continue
+        loader = prompt.get(str(aligner[0]), {})
+        name = loader.get("inputs", {}).get("aligner_name")
+        if loader.get("class_type") != "ThinkDiffLoadAligner" or not isinstance(name, str):
+            continue
+        path = folder_paths.get_full_path(ALIGNER_FOLDER, name)
+        if path is None:
+            raise FileNotFoundError(C.missing_aligner(name))
+        in_dim, out_dim = peek_dims(path)
+        check_compatible(in_dim, vlm.encoder.hidden_size, name, vlm.name)
+        check_output_width(out_dim, name)
 
 
 def migrate_prompt(json_data: dict) -> dict:
@@ -108,6 +151,9 @@ class VLMEncodeMultimodal(io.ComfyNode):
                                          "generate max_new_tokens tokens."),
             ],
             outputs=[ThinkDiffEmbeds.Output(display_name="embeds"), io.String.Output(display_name="text")],
+            # the graph, to check what the node cannot see in its inputs before generating: image inputs it
+            # does not have, the aligners that will read its output
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -117,9 +163,13 @@ class VLMEncodeMultimodal(io.ComfyNode):
         import comfy.utils
         from ..thinkdiff_core.conditioning import ThinkDiffEmbeds as Embeds
         from ..thinkdiff_core.prompts import build_prompt
+        graph, me = cls.hidden.prompt, cls.hidden.unique_id
         pil = C.images_to_pil(*images_in_order(images))
         with C.user_errors():
+            if isinstance(graph, dict) and isinstance(graph.get(str(me)), dict):
+                check_image_inputs(graph[str(me)].get("inputs", {}))
             prompt = build_prompt(preset, pil, text)   # PromptError (ValueError) explains what is missing
+            check_aligners_downstream(graph, me, vlm)
         pbar = comfy.utils.ProgressBar(max_new_tokens)
 
         def on_token(k: int, n: int) -> None:

@@ -31,14 +31,18 @@ class LoadThinkDiffAligner(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, aligner_name):
-        if folder_paths.get_full_path(ALIGNER_FOLDER, aligner_name) is None:
-            return f"aligner file '{aligner_name}' not found in models/{ALIGNER_FOLDER}. {C.where_aligner()}."
+        # A missing file is reported when the node runs, not here: a validation error on this node alone
+        # lets ComfyUI run the rest of the graph (the VLM's text preview) and answer 200, and the frontend
+        # then only outlines the node in red; an execution error is shown in a dialog. VLM Encode Multimodal
+        # checks the file too before generating (nodes.encode.check_aligners_downstream).
         return True
 
     @classmethod
     def execute(cls, aligner_name, dtype) -> io.NodeOutput:
         from ..thinkdiff_core.checkpoint import load_aligner
-        path = folder_paths.get_full_path_or_raise(ALIGNER_FOLDER, aligner_name)
+        path = folder_paths.get_full_path(ALIGNER_FOLDER, aligner_name)
+        if path is None:
+            raise FileNotFoundError(C.missing_aligner(aligner_name))
         # AlignerFileError is a ValueError whose message names the file and the problem; ComfyUI shows it.
         with C.user_errors():
             module, info = load_aligner(path, dtype=dtypes.parse_dtype(dtype), device="cpu")

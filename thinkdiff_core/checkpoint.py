@@ -160,6 +160,37 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, AlignerInfo]:
     return sd, info
 
 
+def peek_dims(path: str | os.PathLike) -> tuple[int, int]:
+    """(in_dim, out_dim) of an aligner file without building it: the safetensors header, or a
+    memory-mapped weights_only torch.load (a legacy file is read whole). For checks that must come before
+    expensive work (the VLM's generation); raises :class:`AlignerFileError` like :func:`read_checkpoint`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise AlignerFileError(path, "file not found")
+    if os.path.getsize(path) == 0:
+        raise AlignerFileError(path, "file is empty")
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k in KEYS}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise AlignerFileError(path, f"not a readable safetensors file (truncated or corrupt?): {e}") from e
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            sd = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
+            shapes = {k: tuple(v.shape) for k, v in sd.items() if k in KEYS and isinstance(v, torch.Tensor)}
+        except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be mapped; the full reader explains the rest
+            sd, _ = _read_pth(path)
+            shapes = {k: tuple(v.shape) for k, v in sd.items() if k in KEYS and isinstance(v, torch.Tensor)}
+    w0, w2 = shapes.get("mm_projector.0.weight"), shapes.get("mm_projector.2.weight")
+    if w0 is None or w2 is None or len(w0) != 2 or len(w2) != 2:
+        info = read_checkpoint(path)[1]   # raises with a message that says what is wrong
+        return info.in_dim, info.out_dim
+    return int(w0[1]), int(w2[0])
+
+
 def load_aligner(path: str | os.PathLike, dtype: torch.dtype | None = None,
                  device: str | torch.device = "cpu") -> tuple[Aligner, AlignerInfo]:
     """Build an :class:`Aligner` from a file. ``dtype=None`` keeps the stored dtype."""

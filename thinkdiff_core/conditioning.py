@@ -70,6 +70,20 @@ def check_compatible(aligner_in_dim: int, hidden_size: int, aligner_name: str = 
             f"aligner needs {VLM_NAME}, hidden size {VLM_HIDDEN})")
 
 
+FLUX_CONTEXT_DIM = 4096   # T5-XXL's width: what FLUX's txt_in layer reads
+
+
+def check_output_width(out_dim: int, aligner_name: str = "") -> None:
+    """A clear error when an aligner does not map into FLUX's T5-XXL space (else FLUX fails later with
+    "mat1 and mat2 shapes cannot be multiplied")."""
+    if out_dim != FLUX_CONTEXT_DIM:
+        aligner = f"the aligner '{aligner_name}'" if aligner_name else "the aligner"
+        raise IncompatibleError(
+            f"{aligner} outputs {out_dim}-wide tokens, but FLUX reads T5-XXL states ({FLUX_CONTEXT_DIM} wide): "
+            f"it was trained for a different text encoder (e.g. a small test T5); use an aligner fitted to "
+            f"flan-t5-xxl, such as the released one")
+
+
 def check_finite(**values: float) -> None:
     """A clear error for NaN or infinite numbers (an API prompt can send them; they would give a black image)."""
     import math
@@ -146,6 +160,7 @@ def build_flux_conditioning(aligner: "Aligner", embeds: ThinkDiffEmbeds, *, alig
     given (the paper), else the text conditioning's, else zeros (logged).
     """
     check_compatible(aligner.in_dim, embeds.hidden_size, aligner_name, embeds.source)
+    check_output_width(aligner.out_dim, aligner_name)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode != "replace" and text is None:

@@ -105,6 +105,16 @@ def check_images(images: Sequence[Any]) -> None:
                              f"takes images up to {MAX_ASPECT}:1: crop or pad it")
 
 
+def free_memory(device: torch.device) -> None:
+    """Collect what a failed step left unreachable and hand the accelerator's cached blocks back."""
+    import gc
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
 class _TokenCallback:
     """A stopping criterion that never stops: it reports progress (and lets the callback raise,
     e.g. ComfyUI's interrupt exception) after each generated token."""
@@ -209,14 +219,28 @@ class VLMEncoder:
         stopping = StoppingCriteriaList([_TokenCallback(prompt_len, max_new_tokens, on_token)] if on_token else [])
         saved_cfg = self.model.generation_config
         fork = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+        oom = None
         try:
             with fork:
                 torch.manual_seed(seed)
                 self.model.generation_config = gen
                 out = self.model.generate(**inputs, generation_config=gen, stopping_criteria=stopping)
+        except torch.OutOfMemoryError as e:
+            # only the text leaves this block: the exception's traceback holds generate's frames (the KV
+            # cache, the activations), which are freed when it ends
+            oom = str(e).splitlines()[0][:300] if str(e) else "out of memory"
         finally:
             self.model.generation_config = saved_cfg
             handle.remove()
+        if oom is not None:
+            rows.clear()
+            del inputs
+            free_memory(self.device)
+            raise torch.OutOfMemoryError(
+                f"the VLM ran out of memory on {self.device} while generating up to {max_new_tokens} tokens after a "
+                f"{prompt_len}-token prompt ({oom}). What it had taken is freed. Lower max_new_tokens, give fewer "
+                f"or smaller images, load the VLM in bf16/fp16, or free memory for it (other models, other "
+                f"programs)")
         ids = out[0, prompt_len:]
         if len(rows) != ids.shape[0]:
             raise RuntimeError(f"captured {len(rows)} hidden states for {ids.shape[0]} generated tokens")

@@ -145,10 +145,26 @@ def test_workflow_saved_with_grouped_image_slots_loads(name, fe, comfy_features)
     check_loads_and_round_trips(fe, wf, comfy_features)
 
 
-def check_loads_and_round_trips(fe, wf: dict, comfy_features) -> None:
+def test_workflow_saved_by_an_early_version_of_the_node_loads(fe, comfy_features):
+    """A workflow saved when the node's image inputs were called image, image2 (an early version) loads on
+    every version: the extension renames them to image_1, image_2 (images.image_N where the node grows
+    them itself), so their links are kept and the prompt carries both images (none silently dropped)."""
+    with open(os.path.join(paths.WORKFLOWS, "thinkdiff_in_context_reasoning.json")) as f:
+        wf = json.load(f)
     enc = next(n for n in wf["nodes"] if n["type"] == "ThinkDiffVLMEncode")
-    connected = [slot_name(i["name"]) for i in enc["inputs"]
-                 if IMAGE_SLOT.match(i["name"]) and i.get("link") is not None]
+    old = {"image_1": "image", "image_2": "image2"}
+    for i in enc["inputs"]:
+        if i["name"] in old:
+            i.update(name=old[i["name"]], localized_name=old[i["name"]])
+    check_loads_and_round_trips(fe, wf, comfy_features, connected=["image_1", "image_2"])
+
+
+def check_loads_and_round_trips(fe, wf: dict, comfy_features, connected: list[str] | None = None) -> None:
+    """connected: the image slots (image_N) the saved links land on; by default the saved names."""
+    enc = next(n for n in wf["nodes"] if n["type"] == "ThinkDiffVLMEncode")
+    if connected is None:
+        connected = [slot_name(i["name"]) for i in enc["inputs"]
+                     if IMAGE_SLOT.match(i["name"]) and i.get("link") is not None]
     assert fe.load_errors(wf) == []
     out = fe.page.evaluate("async () => {" + JS_HELPERS + """
         const n = g._nodes.find(x => x.type === 'ThinkDiffVLMEncode');

@@ -200,3 +200,26 @@ def test_legacy_torch_save_format_loads(tmp_path):
     loaded, info = load_aligner(p)
     assert info.format == "official-pth" and info.in_dim == 8
     torch.testing.assert_close(loaded.state_dict(), a.state_dict())
+
+
+def test_peek_dims_reads_the_sizes_without_building_the_aligner(tmp_path, official_lvlm):
+    """peek_dims (the check VLM Encode Multimodal runs before generating) gives (in_dim, out_dim) for every
+    readable format, and the same errors as read_checkpoint for broken files."""
+    from thinkdiff_core.checkpoint import peek_dims
+    assert peek_dims(official_lvlm[0]) == (3584, 4096)
+    save_aligner(Aligner(64, 128, 16), tmp_path / "a.safetensors")
+    assert peek_dims(tmp_path / "a.safetensors") == (64, 128)
+    torch.save({"model": Aligner(1408, 4096, 16).state_dict()}, tmp_path / "legacy.pth",
+               _use_new_zipfile_serialization=False)
+    assert peek_dims(tmp_path / "legacy.pth") == (1408, 4096)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(AlignerFileError, match="file is empty"):
+        peek_dims(tmp_path / "empty.pth")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10" * 64)
+    with pytest.raises(AlignerFileError, match="not a readable safetensors file"):
+        peek_dims(tmp_path / "bad.safetensors")
+    save_file({"weight": torch.zeros(2, 2)}, tmp_path / "other.safetensors")
+    with pytest.raises(AlignerFileError, match="not a ThinkDiff aligner"):
+        peek_dims(tmp_path / "other.safetensors")
+    with pytest.raises(AlignerFileError, match="file not found"):
+        peek_dims(tmp_path / "missing.pth")

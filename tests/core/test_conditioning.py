@@ -100,3 +100,11 @@ def test_modes_that_combine_need_a_text_conditioning():
 def test_non_finite_numbers_are_refused(name, value):
     with pytest.raises(ValueError, match=f"{name} is {value}: give a finite number"):
         build_flux_conditioning(Aligner(64, 4096, 32), embeds(), **{name: value})
+
+
+def test_aligner_output_width_must_be_flux_t5_width():
+    """An aligner fitted to another text encoder (here 128 wide) is refused with a message, not left to fail
+    inside FLUX as "mat1 and mat2 shapes cannot be multiplied"."""
+    with pytest.raises(IncompatibleError, match="the aligner 'small-t5.safetensors' outputs 128-wide tokens, but "
+                                                r"FLUX reads T5-XXL states \(4096 wide\)"):
+        build_flux_conditioning(Aligner(64, 128, 16), embeds(), aligner_name="small-t5.safetensors")

@@ -276,3 +276,41 @@ def test_broken_config_and_truncated_weights_name_the_file(tmp_path, tiny_vlm_di
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(VLMLoadError, match=r"weights could not be read.*probably truncated"):
         VLMEncoder.from_pretrained(truncated)
+
+
+def test_out_of_memory_during_generation_frees_what_it_took(encoder, photos):
+    """An out-of-memory error in the middle of generation (simulated: a decoder layer allocates a block,
+    then raises torch.OutOfMemoryError as the CUDA allocator would) gives a message saying what to do,
+    leaves no hook and no swapped generation config behind, frees what generation held (the block
+    allocated inside generate's frames), and the next generation works."""
+    import gc
+    import weakref
+
+    from thinkdiff_core.vlm import find_final_norm
+    taken = []
+
+    def oom(module, args):
+        block = torch.empty(4 << 20)            # 16 MB held by generate's frames when the error flies
+        taken.append(weakref.ref(block))
+        if len(taken) == 3:                     # the third decoding step
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    layer = encoder.model.model.language_model.layers[0]
+    handle = layer.register_forward_pre_hook(oom)
+    cfg = encoder.model.generation_config
+    try:
+        with pytest.raises(torch.OutOfMemoryError) as ei:
+            encoder.generate(photos[:1] + ["hello"], max_new_tokens=8, do_sample=False)
+    finally:
+        handle.remove()
+    msg = str(ei.value)
+    assert "the VLM ran out of memory" in msg and "Lower max_new_tokens" in msg and "is freed" in msg, msg
+    assert "Tried to allocate 20.00 MiB" in msg, msg        # the allocator's own figure is kept
+    assert ei.value.__context__ is None and ei.value.__cause__ is None   # no traceback holding generate's frames
+    del ei
+    gc.collect()
+    assert len(taken) == 3 and all(r() is None for r in taken), "memory taken during generation is still held"
+    assert not find_final_norm(encoder.model)._forward_hooks, "the row-capturing hook was left on the final norm"
+    assert encoder.model.generation_config is cfg
+    out = encoder.generate(photos[:1] + ["hello"], max_new_tokens=4, do_sample=False)
+    assert out.hidden.shape[0] == 4

@@ -17,7 +17,8 @@ import { app } from "../../scripts/app.js";
 const NODE_TYPE = "ThinkDiffVLMEncode";
 const GROUP = "images";
 const IMAGE_RE = /^image_(\d+)$/;
-const ANY_IMAGE_RE = /^(?:images\.)?(image_\d+)$/;
+// image_N / images.image_N, and the names of early versions of the node: image (= image_1), image2, ...
+const ANY_IMAGE_RE = /^(?:images\.)?image_?([1-9]\d*)?$/;
 
 // Whether this ComfyUI's definition of the node grows its image inputs itself (V3 Autogrow).
 function growsNatively(nodeData) {
@@ -32,10 +33,11 @@ function renameSavedImageSlots(info, grouped) {
     const inputs = info.inputs.map((input) => {
         const m = ANY_IMAGE_RE.exec(input?.name ?? "");
         if (!m) return input;
-        const name = grouped ? `${GROUP}.${m[1]}` : m[1];
+        const slot = `image_${m[1] ?? 1}`;
+        const name = grouped ? `${GROUP}.${slot}` : slot;
         if (name === input.name) return input;
         changed = true;
-        if (grouped) return { ...input, name, localized_name: name, label: m[1] };   // as the frontend names them
+        if (grouped) return { ...input, name, localized_name: name, label: slot };   // as the frontend names them
         const { label, ...rest } = input;
         return { ...rest, name, localized_name: name };
     });
