@@ -18,7 +18,7 @@ import pytest
 
 from devtools import comfy_server, run_workflow
 from tests.comfy.conftest import VERSIONS
-from tests.comfy.test_nodes_server import WORKFLOWS, prompt_for, run_ok
+from tests.comfy.test_nodes_server import FLUX_WORKFLOWS, prompt_for, run_ok
 
 PROMPTS, WARMUP = 50, 6
 GROWTH_BOUND_MB = 150   # resident memory may grow this much from after the warm-up to the end
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow,
 
 
 def varied_prompts(frontend, object_info) -> list[dict]:
-    names = [os.path.basename(w) for w in WORKFLOWS]
+    names = [os.path.basename(w) for w in FLUX_WORKFLOWS]
     bases = {n: prompt_for(n, frontend, object_info) for n in names}
     out = []
     for i in range(PROMPTS):
