@@ -97,7 +97,9 @@ class TAESD(nn.Module):
     @classmethod
     def from_comfy_state_dict(cls, sd: dict) -> "TAESD":
         m = cls(sd["taesd_decoder.1.weight"].shape[1])
-        m.load_state_dict({k: v for k, v in sd.items() if k.startswith(("taesd_", "latent_"))}, strict=False)
+        missing, unexpected = m.load_state_dict({k: v for k, v in sd.items() if k.startswith("taesd_")}, strict=False)
+        if unexpected or set(missing) - {"latent_mean", "latent_std"}:   # those two come from vae_scale / vae_shift
+            raise ValueError(f"not a ThinkDiff-mini TAESD file: missing {missing[:4]}, unexpected {unexpected[:4]}")
         scale, shift = float(sd["vae_scale"]), float(sd["vae_shift"])
         m.latent_std.fill_(scale / SD3_SCALE)
         m.latent_mean.fill_((SD3_SHIFT - shift) * scale)
