@@ -26,6 +26,7 @@ def version_of(item) -> str | None:
     return v.version if v else None
 
 
+@pytest.hookimpl(trylast=True)   # after pytest's own reordering by fixture parameters, which would interleave versions
 def pytest_collection_modifyitems(config, items):
     # one version after the other (a session fixture holds one parameter at a time: interleaving would
     # restart the servers); within a version cheap checks first, the interrupt test last
