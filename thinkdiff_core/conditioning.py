@@ -73,15 +73,22 @@ def check_compatible(aligner_in_dim: int, hidden_size: int, aligner_name: str = 
 FLUX_CONTEXT_DIM = 4096   # T5-XXL's width: what FLUX's txt_in layer reads
 
 
-def check_output_width(out_dim: int, aligner_name: str = "") -> None:
-    """A clear error when an aligner does not map into FLUX's T5-XXL space (else FLUX fails later with
-    "mat1 and mat2 shapes cannot be multiplied")."""
-    if out_dim != FLUX_CONTEXT_DIM:
-        aligner = f"the aligner '{aligner_name}'" if aligner_name else "the aligner"
-        raise IncompatibleError(
-            f"{aligner} outputs {out_dim}-wide tokens, but FLUX reads T5-XXL states ({FLUX_CONTEXT_DIM} wide): "
-            f"it was trained for a different text encoder (e.g. a small test T5); use an aligner fitted to "
-            f"flan-t5-xxl, such as the released one")
+def check_output_width(out_dim: int, aligner_name: str = "", context_dim: int | None = None) -> None:
+    """A clear error when an aligner does not map into the image model's text space (else sampling fails
+    later with "mat1 and mat2 shapes cannot be multiplied"). ``context_dim``: the width the image model reads
+    when the caller knows it (the diffusers pipeline does); else one of the pack's image models must read it:
+    FLUX's T5-XXL (4096) or ThinkDiff-mini's tiny T5 (release.MINI_CONTEXT_DIM)."""
+    from .release import MINI_CONTEXT_DIM
+    if out_dim == context_dim or (context_dim is None and out_dim in (FLUX_CONTEXT_DIM, MINI_CONTEXT_DIM)):
+        return
+    aligner = f"the aligner '{aligner_name}'" if aligner_name else "the aligner"
+    if context_dim is not None and context_dim != FLUX_CONTEXT_DIM:
+        raise IncompatibleError(f"{aligner} outputs {out_dim}-wide tokens, but this image model reads "
+                                f"{context_dim}-wide text states")
+    raise IncompatibleError(
+        f"{aligner} outputs {out_dim}-wide tokens, but FLUX reads T5-XXL states ({FLUX_CONTEXT_DIM} wide): "
+        f"it was trained for a different text encoder (e.g. a small test T5); use an aligner fitted to "
+        f"flan-t5-xxl, such as the released one")
 
 
 def check_finite(**values: float) -> None:
@@ -152,15 +159,17 @@ def build_flux_conditioning(aligner: "Aligner", embeds: ThinkDiffEmbeds, *, alig
                             text: torch.Tensor | None = None, text_pooled: torch.Tensor | None = None,
                             empty_prompt_pooled: torch.Tensor | None = None, mode: str = "replace",
                             aligned_strength: float = 1.0, text_strength: float = 1.0,
-                            guidance: float = DEFAULT_GUIDANCE) -> FluxConditioning:
+                            guidance: float = DEFAULT_GUIDANCE, context_dim: int | None = None) -> FluxConditioning:
     """The whole ThinkDiff-LVLM conditioning (docs/method.md §4.1).
+
+    context_dim: the width the image model reads, when known (see :func:`check_output_width`).
 
     text / text_pooled: an optional FLUX text conditioning (T5 states and its pooled vector) for the
     aligned_first / text_first modes. The pooled vector is CLIP-L's output for the empty prompt when
     given (the paper), else the text conditioning's, else zeros (logged).
     """
     check_compatible(aligner.in_dim, embeds.hidden_size, aligner_name, embeds.source)
-    check_output_width(aligner.out_dim, aligner_name)
+    check_output_width(aligner.out_dim, aligner_name, context_dim)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode != "replace" and text is None:

@@ -89,7 +89,8 @@ def lvlm_conditioning(pipe, aligner: "Aligner", vlm_out: "VLMOutput", *, source:
     """ThinkDiff-LVLM conditioning for this pipeline: the aligned rows (thinkdiff_core.conditioning) and
     CLIP-L's pooled vector of "" from the pipeline's own CLIP."""
     embeds = ThinkDiffEmbeds.from_vlm_output(vlm_out, source=source, preset=preset, num_images=num_images)
-    return build_flux_conditioning(aligner, embeds, empty_prompt_pooled=clip_pooled(pipe, ""), guidance=guidance)
+    return build_flux_conditioning(aligner, embeds, empty_prompt_pooled=clip_pooled(pipe, ""), guidance=guidance,
+                                   context_dim=pipe.transformer.config.joint_attention_dim)
 
 
 def pipeline_embeds(pipe, cond: FluxConditioning) -> dict:

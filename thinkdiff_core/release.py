@@ -57,6 +57,7 @@ FLUX_DOWNLOADS = {
 # ThinkDiff-mini (python -m train mini build): tiny models trained on easy-vqa that show the method working on
 # a CPU; `python -m train mini install` puts them under these names in ComfyUI's models folders, and
 # workflows/thinkdiff_mini_in_context.json loads them with the stock loaders around the ThinkDiff nodes.
+MINI_CONTEXT_DIM = 64   # the width of ThinkDiff-mini's tiny T5, which its image model reads
 MINI_FILES = {
     VLM_FOLDER: "thinkdiff-mini-qwen2vl",                       # a folder, like a real VLM
     ALIGNER_FOLDER: "thinkdiff-mini-aligner.safetensors",

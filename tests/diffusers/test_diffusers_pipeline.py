@@ -63,7 +63,7 @@ def test_pooled_vector_is_clip_l_of_the_empty_prompt(pipe):
 def test_aligner_of_another_width_is_a_clear_error(pipe, encoder, photos):
     from thinkdiff_core.tiny import build_tiny_aligner
     wrong = build_tiny_aligner(encoder.hidden_size, out_dim=48, hidden_dim=16)
-    with pytest.raises(ValueError, match="48 wide but this FLUX transformer reads 32-wide"):
+    with pytest.raises(ValueError, match="outputs 48-wide tokens, but this image model reads 32-wide text states"):
         dp.generate(pipe, encoder, wrong, photos[:1], "describe it", preset="image_text", max_new_tokens=2,
                     num_inference_steps=1, height=16, width=16)
 

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from thinkdiff_core.release import MINI_CONTEXT_DIM
+
 from . import data
 
 IMAGE_SIZE = 32                  # generated / judged images (latents 4x4)
@@ -35,7 +37,7 @@ class Sizes:
     judge_steps: int = 800
     ae_steps: int = 1200
     t5_steps: int = 300
-    t5_dim: int = 64
+    t5_dim: int = MINI_CONTEXT_DIM    # the nodes accept an aligner of this output width (thinkdiff_core.release)
     dit_steps: int = 3000
     dit_depth: int = 2
     dit_batch: int = 64
