@@ -139,13 +139,18 @@ def _read_safetensors(path: str) -> tuple[dict, dict]:
     return sd, meta
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, AlignerInfo]:
-    """Read and strictly check an aligner file. Returns (state_dict, info)."""
+def _existing_file(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise AlignerFileError(path, "file not found")
     if os.path.getsize(path) == 0:
         raise AlignerFileError(path, "file is empty")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, AlignerInfo]:
+    """Read and strictly check an aligner file. Returns (state_dict, info)."""
+    path = _existing_file(path)
     if path.endswith(".safetensors"):
         sd, meta = _read_safetensors(path)
         fmt, has_opt = "safetensors", False
@@ -164,11 +169,7 @@ def peek_dims(path: str | os.PathLike) -> tuple[int, int]:
     """(in_dim, out_dim) of an aligner file without building it: the safetensors header, or a
     memory-mapped weights_only torch.load (a legacy file is read whole). For checks that must come before
     expensive work (the VLM's generation); raises :class:`AlignerFileError` like :func:`read_checkpoint`."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise AlignerFileError(path, "file not found")
-    if os.path.getsize(path) == 0:
-        raise AlignerFileError(path, "file is empty")
+    path = _existing_file(path)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError, safe_open
         try:
