@@ -63,4 +63,7 @@ FLUX_DOWNLOADS = {
              "url": f"https://huggingface.co/{FLUX_TEXT_ENCODERS_REPO}/resolve/main/{FLUX_FILES['clip']}"},
     "vae": {"name": FLUX_FILES["vae"], "directory": "vae",
             "url": f"https://huggingface.co/{FLUX_DEV_REPO}/resolve/main/{FLUX_FILES['vae']}"},
+    # ThinkDiff-CLIP's workflows also load FLUX's T5 (DualCLIPLoader: clip_l + t5xxl)
+    "t5xxl": {"name": FLUX_T5_FILE, "directory": "text_encoders",
+              "url": f"https://huggingface.co/{FLUX_TEXT_ENCODERS_REPO}/resolve/main/{FLUX_T5_FILE}"},
 }

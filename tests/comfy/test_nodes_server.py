@@ -22,6 +22,8 @@ ROOT = paths.ROOT
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 WORKFLOWS = sorted(glob.glob(os.path.join(paths.WORKFLOWS, "*.json")))
+# the ThinkDiff-LVLM graphs (the ThinkDiff-CLIP ones run in test_clip_nodes_server.py)
+LVLM_WORKFLOWS = [w for w in WORKFLOWS if not os.path.basename(w).startswith("thinkdiff_clip_")]
 FAST = dict(steps=1, width=64, height=64, demo_models=True)
 FAST_VLM = {"ThinkDiffVLMEncode": {"max_new_tokens": 8}}
 NODES = {
@@ -32,8 +34,11 @@ NODES = {
                             "stop_at_eos"}),    # + the image inputs: IMAGE_NAMES, or one Autogrow group
     "ThinkDiffConditioning": ("ThinkDiff Conditioning",
                               {"aligner", "embeds", "clip", "conditioning", "mode", "aligned_strength",
-                               "text_strength", "guidance"}),
+                               "text_strength", "guidance", "clip_text_tokens"}),
+    "ThinkDiffLoadVisionEncoder": ("Load ThinkDiff-CLIP Vision Encoder", {"vision_name", "dtype", "keep_loaded"}),
+    "ThinkDiffEncodeImages": ("Encode Images (ThinkDiff-CLIP)", {"vision"}),   # + the image inputs
 }
+IMAGE_NODES = {"ThinkDiffVLMEncode", "ThinkDiffEncodeImages"}
 
 
 IMAGE_NAMES = [f"image_{i}" for i in range(1, 7)]
@@ -100,7 +105,7 @@ def test_object_info_lists_the_four_nodes(object_info, comfy_features):
         assert info["display_name"] == display
         assert info["category"] == "ThinkDiff"
         specs = {**info["input"]["required"], **info["input"].get("optional", {})}
-        assert set(specs) == (inputs | images if node_id_ == "ThinkDiffVLMEncode" else inputs)
+        assert set(specs) == (inputs | images if node_id_ in IMAGE_NODES else inputs)
         for name, spec in specs.items():
             assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id_}.{name} has no tooltip"
     # the image inputs: optional, in reading order; one growing group where ComfyUI has io.Autogrow
@@ -161,7 +166,7 @@ def test_frontend_and_python_converters_agree(path, frontend, object_info):
     assert browser == python
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(w) for w in WORKFLOWS])
+@pytest.mark.parametrize("path", LVLM_WORKFLOWS, ids=[os.path.basename(w) for w in LVLM_WORKFLOWS])
 def test_workflow_runs_end_to_end(path, client, frontend, object_info):
     prompt = prompt_for(os.path.basename(path), frontend, object_info)
     assert {n["class_type"] for n in prompt.values()} >= {
