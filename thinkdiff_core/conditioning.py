@@ -120,7 +120,11 @@ def check_embeds_kind(aligner_in_dim: int, embeds, aligner_name: str = "", align
             f"these are {KIND_LVLM} embeds (the VLM '{embeds.source}') but {aligner} is a {KIND_CLIP} aligner "
             f"(it reads image tokens of a BLIP-2 vision encoder). Load a {KIND_LVLM} aligner ({ALIGNER_LVLM_FILE}), "
             f"or feed this aligner from Encode Images (ThinkDiff-CLIP)")
-    check_compatible(aligner_in_dim, embeds.hidden_size, aligner_name, embeds.source)
+    try:
+        check_compatible(aligner_in_dim, embeds.hidden_size, aligner_name, embeds.source)
+    except IncompatibleError as e:
+        raise IncompatibleError(f"{e}. If it is a {KIND_CLIP} aligner ({ALIGNER_CLIP_FILE}), feed it the "
+                                f"image tokens of Encode Images (ThinkDiff-CLIP) instead") from None
 
 
 def check_finite(**values: float) -> None:

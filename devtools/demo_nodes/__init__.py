@@ -1,4 +1,5 @@
-"""A test/demo-only ComfyUI node: the FLUX text encoders (CLIP-L + T5-XXL) with a shrunk T5 body.
+"""Test/demo-only ComfyUI nodes: the FLUX text encoders (CLIP-L + T5-XXL) with a shrunk T5 body, and a
+conditioning inspector for the tests (ThinkDiffDemoConditioningInfo).
 
 ComfyUI's stock DualCLIPLoader always builds T5-XXL at full size (4.76 B parameters, ~10 GB of RAM and
 ~25 s per encode on 2 CPU cores) whatever the file holds, too heavy for the node suite. This loader is
@@ -33,5 +34,28 @@ class ThinkDiffDemoDualCLIPLoader:
         return (clip,)
 
 
-NODE_CLASS_MAPPINGS = {"ThinkDiffDemoDualCLIPLoader": ThinkDiffDemoDualCLIPLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"ThinkDiffDemoDualCLIPLoader": "DualCLIPLoader (ThinkDiff demo, tiny T5)"}
+class ThinkDiffDemoConditioningInfo:
+    """Test only: shows a CONDITIONING's shape, pooled shape and the sum of every token's vector, so a test
+    can compare what a graph feeds FLUX with the same computation done outside the server."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"conditioning": ("CONDITIONING",)}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "show"
+    OUTPUT_NODE = True
+    CATEGORY = "ThinkDiff/demo"
+
+    def show(self, conditioning):
+        import json
+        tokens, extra = conditioning[0]
+        info = {"shape": list(tokens.shape), "pooled_shape": list(extra["pooled_output"].shape),
+                "guidance": extra.get("guidance"), "token_sums": tokens[0].float().sum(-1).tolist()}
+        return {"ui": {"text": [json.dumps(info)]}}
+
+
+NODE_CLASS_MAPPINGS = {"ThinkDiffDemoDualCLIPLoader": ThinkDiffDemoDualCLIPLoader,
+                       "ThinkDiffDemoConditioningInfo": ThinkDiffDemoConditioningInfo}
+NODE_DISPLAY_NAME_MAPPINGS = {"ThinkDiffDemoDualCLIPLoader": "DualCLIPLoader (ThinkDiff demo, tiny T5)",
+                              "ThinkDiffDemoConditioningInfo": "Conditioning info (ThinkDiff tests)"}
