@@ -119,6 +119,10 @@ def test_an_aligner_of_the_other_variant_gets_a_clear_message():
                                                 ".*Load a ThinkDiff-CLIP aligner \\(thinkdiff_clip.pth"):
         build_clip_conditioning(lvlm, clip_embeds(), text=torch.randn(1, 4, 4096), text_pooled=None,
                                 aligner_variant="lvlm")
+    # the same width but a file that says it is an LVLM aligner: the variant decides
+    with pytest.raises(IncompatibleError, match="ThinkDiff-CLIP image embeds.*ThinkDiff-LVLM aligner"):
+        build_clip_conditioning(Aligner(32, 4096, 16), clip_embeds(), text=torch.randn(1, 4, 4096), text_pooled=None,
+                                aligner_variant="lvlm")
     with pytest.raises(IncompatibleError, match="ThinkDiff-CLIP image embeds.*32-wide.*reads 64-wide"):
         build_clip_conditioning(lvlm, clip_embeds(), text=torch.randn(1, 4, 4096), text_pooled=None)
     vlm_embeds = ThinkDiffEmbeds(hidden=torch.randn(5, 32), token_ids=torch.arange(5), text="x", source="tiny-vlm")
