@@ -119,8 +119,10 @@ def build_tiny_blip2_vision(dst: str | os.PathLike, hidden_size: int = 32, num_l
                               BlipImageProcessor)
     from .vision import CLIP_MEAN, CLIP_STD
     dst = os.fspath(dst)
+    # initializer_range: Blip2VisionConfig's default (1e-10) would make every image give the same tokens
     vision = Blip2VisionConfig(hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                               num_hidden_layers=num_layers, num_attention_heads=2, image_size=224, patch_size=14)
+                               num_hidden_layers=num_layers, num_attention_heads=2, image_size=224, patch_size=14,
+                               initializer_range=0.02)
     torch.manual_seed(seed)
     if full:
         cfg = Blip2Config(vision_config=vision.to_dict(),
@@ -130,7 +132,7 @@ def build_tiny_blip2_vision(dst: str | os.PathLike, hidden_size: int = 32, num_l
                                            num_layers=1, num_decoder_layers=1, num_heads=4,
                                            feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                                            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
-                          num_query_tokens=4)
+                          num_query_tokens=4, initializer_range=0.02)
         model = Blip2ForConditionalGeneration(cfg).eval()
         norm = model.vision_model.post_layernorm
     else:

@@ -107,7 +107,7 @@ def test_65_tokens_per_image_in_input_order(server, client, frontend, object_inf
     s_enc[names[0]], s_enc[names[1]] = enc[names[1]], enc[names[0]]
     got_swapped = torch.tensor(conditioning_info(client, swapped)["token_sums"][:130])
     torch.testing.assert_close(got_swapped, torch.cat([want[65:], want[:65]]), rtol=1e-3, atol=1e-3)
-    assert not torch.allclose(want[:65], want[65:])
+    assert (want[:65] - want[65:]).abs().max() > 0.05 * want.abs().max()   # the two images differ clearly
     # the text part is the same either way
     assert info["token_sums"][130:] == conditioning_info(client, swapped)["token_sums"][130:]
 
