@@ -21,8 +21,8 @@ from devtools.with_comfy import python as server_python
 PACK_NAME = "ThinkDiff"
 ROOT = paths.ROOT
 
-__all__ = ["PACK_NAME", "ComfyServer", "ServerDied", "copy_example_inputs", "free_port", "install_pack",
-           "server_python"]
+__all__ = ["PACK_NAME", "ComfyServer", "ServerDied", "copy_example_inputs", "free_port", "install_demo_nodes",
+           "install_pack", "server_python"]
 
 
 class ServerDied(RuntimeError):
@@ -48,6 +48,26 @@ def install_pack(base_dir: str) -> str:
         os.symlink(ROOT, dst, target_is_directory=True)
     except OSError:
         shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".git", ".venv", ".comfyui", ".comfyui-*", ".cache", "__pycache__"))
+    return dst
+
+
+DEMO_NODES_NAME = "ThinkDiffDemoNodes"
+
+
+def install_demo_nodes(base_dir: str) -> str:
+    """Symlink devtools/demo_nodes (the tiny-T5 DualCLIPLoader the demo models need, test/demo only) into
+    <base_dir>/custom_nodes/ThinkDiffDemoNodes (a copy where symlinks fail)."""
+    src = os.path.join(ROOT, "devtools", "demo_nodes")
+    dst = os.path.join(base_dir, "custom_nodes", DEMO_NODES_NAME)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if os.path.islink(dst) and os.path.realpath(dst) == os.path.realpath(src):
+        return dst
+    if os.path.lexists(dst):
+        raise FileExistsError(f"{dst} exists and is not a link to {src}; remove it first")
+    try:
+        os.symlink(src, dst, target_is_directory=True)
+    except OSError:
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
     return dst
 
 

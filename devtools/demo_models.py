@@ -10,6 +10,11 @@ UNETLoader / CLIPLoader / VAELoader detection); the images are noise-like but de
     models/LLM/thinkdiff-demo-qwen2vl/                             tiny Qwen2-VL (hidden 64) + the real Qwen2 tokenizer
     models/thinkdiff/thinkdiff-demo-aligner.pth                    aligner 64 -> 4096 in the official .pth layout
     models/thinkdiff/thinkdiff-demo-aligner-3584.safetensors       aligner for a 3584-wide VLM (mismatch checks)
+    models/blip2/thinkdiff-demo-blip2/                             tiny whole BLIP-2 (vision hidden 32, 224 px, patch 14)
+    models/thinkdiff/thinkdiff-demo-clip-aligner.pth               ThinkDiff-CLIP aligner 32 -> 4096, official .pth layout
+    models/text_encoders/thinkdiff-demo-t5xxl.safetensors          FLUX's T5-XXL with a 2-layer body (d_model 4096), fp16;
+                                                                   loaded by the demo-only ThinkDiffDemoDualCLIPLoader
+                                                                   (devtools/demo_nodes), swapped in for DualCLIPLoader
 
 CLI (from the repository root): python -m devtools.demo_models MODELS_DIR [--comfyui DIR] [--force]
 [--reuse-from OTHER_MODELS_DIR]
@@ -29,6 +34,7 @@ import sys
 import time
 
 from devtools import paths, with_comfy
+from thinkdiff_core import release
 
 FLUX_FILE = "thinkdiff-demo-flux1-dev.safetensors"
 CLIP_FILE = "thinkdiff-demo-clip_l.safetensors"
@@ -37,15 +43,34 @@ VLM_DIR = "thinkdiff-demo-qwen2vl"
 ALIGNER_FILE = "thinkdiff-demo-aligner.pth"
 WRONG_ALIGNER_FILE = "thinkdiff-demo-aligner-3584.safetensors"
 VLM_HIDDEN = 64
+VISION_DIR = "thinkdiff-demo-blip2"
+CLIP_ALIGNER_FILE = "thinkdiff-demo-clip-aligner.pth"
+T5_FILE = "thinkdiff-demo-t5xxl.safetensors"
+VISION_HIDDEN = 32
 
-# Real file name -> demo file name, per loader input: run_workflow.py and the tests swap them in.
+# Demo file name per loader input (or {real name: demo name} where one input loads either of two files):
+# run_workflow.py and the tests swap them in.
 DEMO_NAMES = {
     ("UNETLoader", "unet_name"): FLUX_FILE,
     ("CLIPLoader", "clip_name"): CLIP_FILE,
     ("VAELoader", "vae_name"): VAE_FILE,
     ("ThinkDiffLoadVLM", "vlm_name"): VLM_DIR,
-    ("ThinkDiffLoadAligner", "aligner_name"): ALIGNER_FILE,
+    ("ThinkDiffLoadAligner", "aligner_name"): {release.ALIGNER_LVLM_FILE: ALIGNER_FILE,
+                                               release.ALIGNER_CLIP_FILE: CLIP_ALIGNER_FILE, None: ALIGNER_FILE},
+    ("ThinkDiffLoadVisionEncoder", "vision_name"): VISION_DIR,
+    ("DualCLIPLoader", "clip_name1"): CLIP_FILE,
+    ("DualCLIPLoader", "clip_name2"): T5_FILE,
 }
+# Stock loaders the demo swaps for a demo-only class with the same inputs (devtools/demo_nodes).
+DEMO_CLASSES = {"DualCLIPLoader": "ThinkDiffDemoDualCLIPLoader"}
+
+
+def demo_name(class_type: str, input_name: str, value):
+    """The demo file for a loader input (None when the input is not a model file)."""
+    d = DEMO_NAMES.get((class_type, input_name))
+    if isinstance(d, dict):
+        return d.get(value, d[None])
+    return d
 
 
 def _import_comfy(what: str):
@@ -156,6 +181,36 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def t5_layout() -> dict:
+    """{key: shape} of FLUX's T5-XXL encoder as this ComfyUI builds it with the demo loader's
+    t5xxl_model_config (devtools/demo_nodes: 2 layers, d_model 4096), on the meta device."""
+    import json as _json
+
+    import torch
+    _import_comfy("t5_layout")
+    import comfy.ops
+    import comfy.text_encoders.sd3_clip
+    from comfy.text_encoders.t5 import T5
+    from devtools.demo_nodes import T5_CONFIG
+    with open(os.path.join(os.path.dirname(comfy.text_encoders.sd3_clip.__file__), "t5_config_xxl.json")) as f:
+        config = {**_json.load(f), **T5_CONFIG}
+    model = T5(config, torch.float16, "meta", comfy.ops.manual_cast)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def build_t5xxl(path: str, seed: int = 0) -> str:
+    """FLUX's T5-XXL text encoder file with a 2-layer body (every key filled; fp16, ~270 MB: the 32128 x 4096
+    embedding is most of it). ComfyUI's stock DualCLIPLoader would build it at full size; the demo loader
+    shrinks the model to this file's layout."""
+    import torch
+    from safetensors.torch import save_file
+    sd = _fill(t5_layout(), torch.float16, seed)
+    tmp = path + ".tmp"
+    save_file(sd, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def build_clip_l(path: str, seed: int = 0) -> str:
     """A full-size random CLIP-L text model (CLIPLoader type stable_diffusion detects it)."""
     import torch
@@ -183,7 +238,7 @@ def build_demo_models(models_dir: str, comfyui_dir: str | None = None, force: bo
     import torch
     from thinkdiff_core.aligner import Aligner
     from thinkdiff_core.checkpoint import save_aligner
-    from thinkdiff_core.tiny import build_tiny_aligner, build_tiny_qwen2vl, find_tokenizer
+    from thinkdiff_core.tiny import build_tiny_aligner, build_tiny_blip2_vision, build_tiny_qwen2vl, find_tokenizer
     comfyui_dir = comfyui_dir or paths.comfyui_dir()
     out = {}
 
@@ -203,8 +258,14 @@ def build_demo_models(models_dir: str, comfyui_dir: str | None = None, force: bo
          lambda p: torch.save({"model": build_tiny_aligner(VLM_HIDDEN, seed=1).state_dict()}, p)),
         ("wrong_aligner", "thinkdiff", WRONG_ALIGNER_FILE,
          lambda p: save_aligner(Aligner(3584, 4096, 32), p, source_vlm="(demo: random, 3584 wide)")),
+        ("vision", "blip2", VISION_DIR, lambda p: build_tiny_blip2_vision(p, hidden_size=VISION_HIDDEN, full=True)),
+        # the official release's layout: {"model": mm_projector.*, "optimizer", "config", "epoch"}
+        ("clip_aligner", "thinkdiff", CLIP_ALIGNER_FILE,
+         lambda p: torch.save({"model": build_tiny_aligner(VISION_HIDDEN, seed=2).state_dict(), "optimizer": None,
+                               "config": {"vision_downsample_factor": 2}, "epoch": 4}, p)),
+        ("t5xxl", "text_encoders", T5_FILE, build_t5xxl),
     ]
-    layouts = {"flux": flux_layout, "vae": taef1_layout}   # the files whose format is ComfyUI's
+    layouts = {"flux": flux_layout, "vae": taef1_layout, "t5xxl": t5_layout}   # the files whose format is ComfyUI's
     for what, sub, name, fn in steps:
         path, build = want(sub, name)
         if build:

@@ -58,6 +58,30 @@ FluxPipeline does (max_shift {max_shift}, base_shift {base_shift}). The VLM's te
 
 
 
+NOTE_CLIP = """ThinkDiff-CLIP + FLUX.1-dev ({{title}})
+
+No VLM: BLIP-2's vision tower turns each image into 65 tokens, the ThinkDiff-CLIP aligner maps them into
+FLUX's T5 space, and FLUX reads [tokens of image 1 ; image 2 ; ... ; FLUX's own T5 encoding of the text].
+Files (ComfyUI/models/...):
+- {vision_folder}/{vision}/  (the Hugging Face folder {vision_repo}: config.json, preprocessor_config.json,
+  *.safetensors; only its vision tower is read)
+- {aligner_folder}/{aligner}  (ThinkDiff-CLIP aligner; .safetensors converted with `python -m thinkdiff_core convert` also works)
+- diffusion_models/{unet}
+- text_encoders/{clip} and text_encoders/{t5}  (DualCLIPLoader, type flux: CLIPTextEncodeFlux encodes the text)
+- vae/{vae}
+Input images: copy example_inputs/*.jpg of the pack into ComfyUI/input/.
+
+{{how}}
+Sampling: FLUX-dev distilled guidance 3.5 in the ThinkDiff Conditioning node (it overrides the text
+node's), cfg 1 in the sampler (negative = ConditioningZeroOut), {steps} steps; the first 128 T5 tokens of
+the text are kept, as in the paper (clip_text_tokens). The "width" and "height" Int nodes feed both the
+latent and ModelSamplingFlux (max_shift {max_shift}, base_shift {base_shift}).""".format(
+    vision_folder=release.CLIP_VISION_FOLDER, vision=release.CLIP_VISION_NAME, vision_repo=release.CLIP_VISION_REPO,
+    aligner_folder=release.ALIGNER_FOLDER, aligner=release.ALIGNER_CLIP_FILE, unet=FLUX["diffusion_models"],
+    clip=FLUX["clip"], t5=release.FLUX_T5_FILE, vae=FLUX["vae"], steps=STEPS, max_shift=MAX_SHIFT,
+    base_shift=BASE_SHIFT)
+
+
 def pack_id() -> tuple[str, str]:
     """([project].name, [project].version) of pyproject.toml: the registry id and version of the pack."""
     with open(os.path.join(paths.ROOT, "pyproject.toml"), "rb") as f:
@@ -70,10 +94,10 @@ PROPS = {"cnr_id": CNR_ID, "ver": VERSION}
 OURS = {"color": "#335", "bgcolor": "#446", "properties": PROPS}
 
 
-def models(folder: str) -> dict:
-    """properties of a stock loader: the file it loads, where it is published, the folder it goes to."""
-    d = release.FLUX_DOWNLOADS[folder]
-    return {"properties": {"models": [{"name": d["name"], "url": d["url"], "directory": d["directory"]}]}}
+def models(*folders: str) -> dict:
+    """properties of a stock loader: the file(s) it loads, where they are published, the folder they go to."""
+    ds = [release.FLUX_DOWNLOADS[f] for f in folders]
+    return {"properties": {"models": [{"name": d["name"], "url": d["url"], "directory": d["directory"]} for d in ds]}}
 
 
 def loaders() -> list[dict]:
@@ -88,6 +112,24 @@ def loaders() -> list[dict]:
          "widgets": {"vlm_name": release.VLM_NAME, "dtype": "auto", "keep_loaded": True}, **OURS},
         {"key": "aligner", "type": "ThinkDiffLoadAligner", "pos": [20, 180],
          "widgets": {"aligner_name": release.ALIGNER_LVLM_FILE, "dtype": "fp32"}, **OURS},
+    ]
+
+
+def clip_loaders() -> list[dict]:
+    """ThinkDiff-CLIP: FLUX, its two text encoders (CLIPTextEncodeFlux needs T5 and CLIP-L), the VAE, BLIP-2's
+    vision tower and the CLIP aligner."""
+    return [
+        {"key": "unet", "type": "UNETLoader", "pos": [20, 440],
+         "widgets": {"unet_name": FLUX["diffusion_models"], "weight_dtype": "default"}, **models("diffusion_models")},
+        {"key": "clip", "type": "DualCLIPLoader", "pos": [20, 580],
+         "widgets": {"clip_name1": FLUX["clip"], "clip_name2": release.FLUX_T5_FILE, "type": "flux"},
+         **models("clip", "t5xxl")},
+        {"key": "vae", "type": "VAELoader", "pos": [20, 760], "widgets": {"vae_name": FLUX["vae"]},
+         **models("vae")},
+        {"key": "vision", "type": "ThinkDiffLoadVisionEncoder", "pos": [20, 20],
+         "widgets": {"vision_name": release.CLIP_VISION_NAME, "dtype": "auto", "keep_loaded": True}, **OURS},
+        {"key": "aligner", "type": "ThinkDiffLoadAligner", "pos": [20, 200],
+         "widgets": {"aligner_name": release.ALIGNER_CLIP_FILE, "dtype": "fp32"}, **OURS},
     ]
 
 
@@ -123,6 +165,20 @@ def middle(n_images: int, preset: str, text: str, prefix: str) -> list[dict]:
          "links": {"samples": ["sampler", 0], "vae": ["vae", 0]}},
         {"key": "save", "type": "SaveImage", "pos": [1680, 400], "size": [400, 440],
          "widgets": {"filename_prefix": f"ThinkDiff/{prefix}"}, "links": {"images": ["decode", 0]}},
+    ]
+
+
+def clip_middle(n_images: int, text: str, prefix: str) -> list[dict]:
+    links = {"vision": ["vision", 0], **{f"image_{i + 1}": [f"img{i + 1}", 0] for i in range(n_images)}}
+    return [
+        {"key": "enc", "type": "ThinkDiffEncodeImages", "pos": [360, 400], "size": [320, 200], "links": links, **OURS},
+        {"key": "text", "type": "CLIPTextEncodeFlux", "pos": [360, 640], "size": [400, 260],
+         "widgets": {"clip_l": text, "t5xxl": text, "guidance": 3.5}, "links": {"clip": ["clip", 0]}},
+        {"key": "cond", "type": "ThinkDiffConditioning", "pos": [800, 280],
+         "widgets": {"mode": "replace", "aligned_strength": 1.0, "text_strength": 1.0, "guidance": 3.5,
+                     "clip_text_tokens": 128},
+         "links": {"aligner": ["aligner", 0], "embeds": ["enc", 0], "conditioning": ["text", 0]}, **OURS},
+        *[n for n in middle(0, "custom", "", prefix) if n["key"] not in ("enc", "show", "cond")],
     ]
 
 
@@ -168,6 +224,22 @@ WORKFLOWS = {
         sampler=custom_advanced,
         how="Preset two_images: the VLM describes one new picture combining the subject of image 1 with image 2.\n"
             "This graph samples with BasicGuider + SamplerCustomAdvanced (no negative needed)."),
+    # ThinkDiff-CLIP (docs/method.md §4.2): the official README's three compositions
+    "thinkdiff_clip_image_text": dict(
+        variant="clip", title="ThinkDiff-CLIP: one image + text", images=["thinkdiff_cat.jpg"],
+        text="a cat made of colorful paper, floating in space", sampler=ksampler,
+        how="One image + text: the image's 65 tokens, then the text's T5 tokens (type the same text in both\n"
+            "boxes of CLIPTextEncodeFlux)."),
+    "thinkdiff_clip_two_images": dict(
+        variant="clip", title="ThinkDiff-CLIP: two images", images=["thinkdiff_cat.jpg", "thinkdiff_rocket.jpg"],
+        text="", sampler=ksampler,
+        how="Two images, no text: 65 tokens per image in input order, then the T5 encoding of an empty text\n"
+            "(as the official script). Connecting image_2 adds an image_3 slot."),
+    "thinkdiff_clip_two_images_text": dict(
+        variant="clip", title="ThinkDiff-CLIP: two images + text",
+        images=["thinkdiff_cup_red.jpg", "thinkdiff_cup_blue.jpg"], text="two cups on a wooden table, watercolor",
+        sampler=ksampler,
+        how="Two images + text: [image 1 ; image 2 ; text]. The order of the images is kept."),
 }
 
 
@@ -235,10 +307,15 @@ def spec(name: str) -> list[dict]:
         nodes = MINI_WORKFLOWS[name]()
     else:
         w = WORKFLOWS[name]
-        note = {"key": "note", "type": "Note", "pos": [20, 880], "size": [760, 330],
-                "widgets": {"text": NOTE.format(title=w["title"], how=w["how"])}}
-        nodes = [note, *loaders(), *images(w["images"]), *middle(len(w["images"]), w["preset"], w["text"], name),
-                 *w["sampler"]()]
+        clip = w.get("variant") == "clip"
+        note = {"key": "note", "type": "Note", "pos": [20, 900 if clip else 880], "size": [760, 360 if clip else 330],
+                "widgets": {"text": (NOTE_CLIP if clip else NOTE).format(title=w["title"], how=w["how"])}}
+        if clip:
+            nodes = [note, *clip_loaders(), *images(w["images"]), *clip_middle(len(w["images"]), w["text"], name),
+                     *w["sampler"]()]
+        else:
+            nodes = [note, *loaders(), *images(w["images"]), *middle(len(w["images"]), w["preset"], w["text"], name),
+                     *w["sampler"]()]
     for n in nodes:   # margin for the frontend's side bar and tabs
         n["pos"] = [n["pos"][0] + 60, n["pos"][1] + 80]
     return nodes

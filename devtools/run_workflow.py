@@ -27,7 +27,7 @@ import tempfile
 import time
 
 from devtools import comfy_client, comfy_server, paths, ui_to_api
-from devtools.demo_models import DEMO_NAMES, build_in_subprocess as build_demo_models
+from devtools.demo_models import DEMO_CLASSES, build_in_subprocess as build_demo_models, demo_name
 
 SAMPLER_STEP_NODES = {"KSampler": "steps", "KSamplerAdvanced": "steps", "BasicScheduler": "steps"}
 # nodes whose width/height is the image size; where an input is linked (to the shared Int nodes),
@@ -82,8 +82,9 @@ def _set_size(prompt: dict, node: dict, name: str, value: int) -> None:
 def apply_overrides(prompt: dict, *, steps: int | None = None, width: int | None = None,
                     height: int | None = None, seed: int | None = None, demo_models: bool = False,
                     inputs: dict | None = None, images: list[str] | None = None, text: str | None = None) -> dict:
-    """A copy of the prompt with sampler steps, image size, VLM seed, demo model names and any
-    {class_type: {input: value}} overrides applied. The size goes where the workflow keeps it: into
+    """A copy of the prompt with sampler steps, image size, VLM seed and text, demo model names (and the
+    demo-only loader classes, devtools/demo_nodes), input images and any {class_type: {input: value}}
+    overrides applied. The size goes where the workflow keeps it: into
     the Int nodes feeding the latent and ModelSamplingFlux (or into their own inputs when unlinked)."""
     p = copy.deepcopy(prompt)
     for node in p.values():
@@ -99,9 +100,12 @@ def apply_overrides(prompt: dict, *, steps: int | None = None, width: int | None
         if text is not None and ct == "ThinkDiffVLMEncode":
             ins["text"] = text
         if demo_models:
-            for (cls, name), value in DEMO_NAMES.items():
-                if ct == cls and name in ins:
+            for name in list(ins):
+                value = demo_name(ct, name, ins[name])
+                if value is not None:
                     ins[name] = value
+            if ct in DEMO_CLASSES:        # a stock loader too heavy for the demo files (DualCLIPLoader's T5)
+                node["class_type"] = ct = DEMO_CLASSES[ct]
         for name, value in (inputs or {}).get(ct, {}).items():
             ins[name] = value
     return set_images(p, images) if images else p
@@ -190,6 +194,7 @@ def main(argv=None) -> int:
                     os.symlink(os.path.abspath(a.models), link)
             if a.demo_models:
                 build_demo_models(os.path.join(base, "models"), a.comfyui)
+                comfy_server.install_demo_nodes(base)
             comfy_server.install_pack(base)
             comfy_server.copy_example_inputs(base)
             for src in a.images or ():

@@ -6,13 +6,15 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from ._common import register_folders
+from .clip_variant import EncodeImagesThinkDiffCLIP, LoadThinkDiffVisionEncoder
 from .conditioning import ThinkDiffConditioning
 from .encode import VLMEncodeMultimodal, register_prompt_migration
 from .loaders import LoadThinkDiffAligner, LoadThinkDiffVLM
 
 register_folders()
 
-NODES: list[type[io.ComfyNode]] = [LoadThinkDiffAligner, LoadThinkDiffVLM, VLMEncodeMultimodal, ThinkDiffConditioning]
+NODES: list[type[io.ComfyNode]] = [LoadThinkDiffAligner, LoadThinkDiffVLM, VLMEncodeMultimodal, ThinkDiffConditioning,
+                                   LoadThinkDiffVisionEncoder, EncodeImagesThinkDiffCLIP]
 
 
 class ThinkDiffExtension(ComfyExtension):

@@ -9,7 +9,7 @@ import folder_paths
 import torch
 
 from ..thinkdiff_core import release
-from ..thinkdiff_core.release import ALIGNER_FOLDER, VLM_FOLDER
+from ..thinkdiff_core.release import ALIGNER_FOLDER, CLIP_VISION_FOLDER, VLM_FOLDER
 
 log = logging.getLogger("thinkdiff")
 
@@ -17,9 +17,9 @@ ALIGNER_EXTENSIONS = {".pth", ".safetensors"}
 
 
 def register_folders() -> None:
-    """Register models/thinkdiff (aligner files) and models/LLM (HF model folders) with folder_paths,
-    keeping any paths users added through extra_model_paths.yaml. Creates no directories."""
-    for name, exts in ((ALIGNER_FOLDER, ALIGNER_EXTENSIONS), (VLM_FOLDER, set())):
+    """Register models/thinkdiff (aligner files), models/LLM and models/blip2 (HF model folders) with
+    folder_paths, keeping any paths users added through extra_model_paths.yaml. Creates no directories."""
+    for name, exts in ((ALIGNER_FOLDER, ALIGNER_EXTENSIONS), (VLM_FOLDER, set()), (CLIP_VISION_FOLDER, set())):
         default = os.path.join(folder_paths.models_dir, name)
         if name in folder_paths.folder_names_and_paths:
             paths, known = folder_paths.folder_names_and_paths[name]
@@ -38,11 +38,12 @@ def aligner_files() -> list[str]:
             if os.path.splitext(f)[1].lower() in ALIGNER_EXTENSIONS]
 
 
-def vlm_folders() -> list[str]:
-    """Model folders (containing config.json) under every models/LLM path, up to two levels deep,
-    as paths relative to that root (e.g. 'Qwen2-VL-7B-Instruct' or 'Qwen-VL/Qwen2-VL-7B-Instruct')."""
+def vlm_folders(folder: str = VLM_FOLDER) -> list[str]:
+    """Model folders (containing config.json) under every models/LLM path (or another registered
+    folder: models/blip2), up to two levels deep, as paths relative to that root (e.g.
+    'Qwen2-VL-7B-Instruct' or 'Qwen-VL/Qwen2-VL-7B-Instruct')."""
     found: list[str] = []
-    for root in folder_paths.get_folder_paths(VLM_FOLDER):
+    for root in folder_paths.get_folder_paths(folder):
         if not os.path.isdir(root):
             continue
         for entry in sorted(os.scandir(root), key=lambda e: e.name):
@@ -58,8 +59,8 @@ def vlm_folders() -> list[str]:
     return sorted(dict.fromkeys(found))
 
 
-def vlm_path(name: str) -> str | None:
-    for root in folder_paths.get_folder_paths(VLM_FOLDER):
+def vlm_path(name: str, folder: str = VLM_FOLDER) -> str | None:
+    for root in folder_paths.get_folder_paths(folder):
         path = os.path.join(root, name)
         if os.path.isdir(path):
             return path
@@ -69,6 +70,11 @@ def vlm_path(name: str) -> str | None:
 def where_vlm() -> str:
     roots = folder_paths.get_folder_paths(VLM_FOLDER)
     return release.where_vlm(roots[0] if roots else None) + " and restart or refresh ComfyUI"
+
+
+def where_vision() -> str:
+    roots = folder_paths.get_folder_paths(CLIP_VISION_FOLDER)
+    return release.where_vision(roots[0] if roots else None) + " and restart or refresh ComfyUI"
 
 
 def where_aligner() -> str:

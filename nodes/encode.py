@@ -17,6 +17,8 @@ from . import _common as C
 from .types import ThinkDiffEmbeds, ThinkDiffVLM
 
 NODE_ID = "ThinkDiffVLMEncode"
+# every node with these growing image inputs (Encode Images (ThinkDiff-CLIP) shares them)
+IMAGE_NODE_IDS = {NODE_ID, "ThinkDiffEncodeImages"}
 MAX_IMAGES = 6
 IMAGE_NAMES = tuple(f"image_{i}" for i in range(1, MAX_IMAGES + 1))
 IMAGES_GROUP = "images"
@@ -103,11 +105,11 @@ def check_aligners_downstream(prompt: dict | None, node_id: str | None, vlm) -> 
 
 
 def migrate_prompt(json_data: dict) -> dict:
-    """POST /prompt hook: image inputs of VLM Encode Multimodal named the other version's way (an API
+    """POST /prompt hook: image inputs of VLM Encode Multimodal (or Encode Images) named the other version's way (an API
     prompt saved with ComfyUI 0.3.75 posted to 0.33.0, or the reverse) are renamed to this one's."""
     prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
     for node in (prompt.values() if isinstance(prompt, dict) else ()):
-        if isinstance(node, dict) and node.get("class_type") == NODE_ID and isinstance(node.get("inputs"), dict):
+        if isinstance(node, dict) and node.get("class_type") in IMAGE_NODE_IDS and isinstance(node.get("inputs"), dict):
             node["inputs"] = {input_name(k): v for k, v in node["inputs"].items()}
     return json_data
 

@@ -1,7 +1,8 @@
 """The pack's socket types and what flows through them (one home; node files import from here).
 
-THINKDIFF_ALIGNER carries a :class:`LoadedAligner`, THINKDIFF_VLM a :class:`LoadedVLM`, THINKDIFF_EMBEDS
-a :class:`thinkdiff_core.conditioning.ThinkDiffEmbeds`.
+THINKDIFF_ALIGNER carries a :class:`LoadedAligner`, THINKDIFF_VLM a :class:`LoadedVLM`, THINKDIFF_VISION a
+:class:`LoadedVision` (ThinkDiff-CLIP), THINKDIFF_EMBEDS either kind of embeds: a
+:class:`thinkdiff_core.conditioning.ThinkDiffEmbeds` (LVLM) or an :class:`~thinkdiff_core.conditioning.ImageEmbeds` (CLIP).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from comfy_api.latest import io
 ThinkDiffAligner = io.Custom("THINKDIFF_ALIGNER")
 ThinkDiffVLM = io.Custom("THINKDIFF_VLM")
 ThinkDiffEmbeds = io.Custom("THINKDIFF_EMBEDS")
+ThinkDiffVision = io.Custom("THINKDIFF_VISION")
 
 
 @dataclass
@@ -51,3 +53,9 @@ class LoadedVLM:
                 if loaded.model_unload():
                     mm.current_loaded_models.pop(i)
         mm.soft_empty_cache()
+
+
+@dataclass
+class LoadedVision(LoadedVLM):
+    """What flows through a THINKDIFF_VISION socket: a thinkdiff_core.vision.VisionEncoder and its
+    ModelPatcher (loaded and released like the VLM)."""

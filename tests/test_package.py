@@ -47,6 +47,9 @@ NOT_SHIPPED = re.compile(r"^(requirements-.*\.txt|docs/.*\.(png|svg))$")
 BIG_PICTURE = 64 * 1024
 # ComfyUI's stock loaders: each must carry properties.models for the file its first widget names
 STOCK_LOADERS = {"UNETLoader": "diffusion_models", "CLIPLoader": "clip", "VAELoader": "vae"}
+# ThinkDiff-CLIP graphs load FLUX's two text encoders instead of CLIP-L alone: (loader, widget index) -> download
+CLIP_STOCK_LOADERS = {("UNETLoader", 0): "diffusion_models", ("DualCLIPLoader", 0): "clip",
+                      ("DualCLIPLoader", 1): "t5xxl", ("VAELoader", 0): "vae"}
 # ComfyUI's frontend offers a download only for these hosts and file endings (missing-models dialog)
 DOWNLOAD_HOSTS = ("https://huggingface.co/", "https://civitai.com/")
 DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
@@ -191,12 +194,15 @@ def test_workflows_carry_registry_ids_and_model_links(path):
         assert cnr in (None, "comfy-core") or (cnr == NAME and n["type"].startswith("ThinkDiff")), (n["type"], cnr)
     if os.path.splitext(os.path.basename(path))[0] in MINI_WORKFLOWS:
         return   # ThinkDiff-mini's models are built locally (python -m train mini install): nothing to download
-    loaders = [n for n in wf["nodes"] if n["type"] in STOCK_LOADERS]
-    assert sorted(n["type"] for n in loaders) == sorted(STOCK_LOADERS)
-    for n in loaders:
+    stock = CLIP_STOCK_LOADERS if os.path.basename(path).startswith("thinkdiff_clip_") else {
+        (t, 0): d for t, d in STOCK_LOADERS.items()}
+    loaders = [n for n in wf["nodes"] if n["type"] in {t for t, _ in stock}]
+    assert sorted(n["type"] for n in loaders) == sorted({t for t, _ in stock})
+    for (kind, index), download in stock.items():
+        n = next(n for n in loaders if n["type"] == kind)
         entries = n.get("properties", {}).get("models") or []
-        file = n["widgets_values"][0]
-        expected = release.FLUX_DOWNLOADS[STOCK_LOADERS[n["type"]]]
+        file = n["widgets_values"][index]
+        expected = release.FLUX_DOWNLOADS[download]
         match = [m for m in entries if m.get("name") == file]
         assert match, f"{n['type']} loads {file} but properties.models names {[m.get('name') for m in entries]}"
         m = match[0]

@@ -1,9 +1,11 @@
-"""From VLM hidden states to what FLUX reads (docs/method.md §4.1 and §4.3).
+"""From VLM hidden states or vision tokens to what FLUX reads (docs/method.md §4.1, §4.2 and §4.3).
 
 FLUX reads [B, L, 4096] T5-XXL encoder states plus a CLIP-L pooled vector [B, 768] and a distilled
 guidance value. ThinkDiff's LVLM variant replaces the T5 states by the aligned VLM rows; optionally
 they are combined with real T5 text states (concatenated before or after, each part with its own
-strength). Everything here is plain torch: the ComfyUI node only adapts its types to these calls.
+strength). The CLIP variant (:func:`build_clip_conditioning`) puts the aligned 65 tokens of every image,
+in input order, before FLUX's own T5 encoding of the text, with that text's CLIP-L pooled vector.
+Everything here is plain torch: the ComfyUI node only adapts its types to these calls.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .release import VLM_HIDDEN, VLM_NAME
+from .release import (ALIGNER_CLIP_FILE, ALIGNER_LVLM_FILE, CLIP_VISION_HIDDEN, CLIP_VISION_NAME, VLM_HIDDEN,
+                      VLM_NAME)
 
 if TYPE_CHECKING:   # the aligner module imports transformers; keep this module cheap to import
     from .aligner import Aligner
@@ -45,6 +48,33 @@ class ThinkDiffEmbeds:
         """From :class:`thinkdiff_core.vlm.VLMOutput`."""
         return cls(hidden=out.hidden.float().to(device), token_ids=out.token_ids.cpu(), text=out.text,
                    source=source, preset=preset, num_images=num_images)
+
+
+@dataclass
+class ImageEmbeds:
+    """ThinkDiff-CLIP's reading of the images: per image, the vision tower's CLS + 8x8 reduced tokens."""
+    tokens: torch.Tensor       # [k, 65, D] float, images in input order
+    source: str                # the vision encoder's name (folder), for messages
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.tokens.shape[-1])
+
+    @property
+    def num_images(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def tokens_per_image(self) -> int:
+        return int(self.tokens.shape[1])
+
+
+KIND_LVLM = "ThinkDiff-LVLM"
+KIND_CLIP = "ThinkDiff-CLIP"
+
+
+def kind_of(embeds) -> str:
+    return KIND_CLIP if isinstance(embeds, ImageEmbeds) else KIND_LVLM
 
 
 @dataclass
@@ -89,6 +119,33 @@ def check_output_width(out_dim: int, aligner_name: str = "", context_dim: int | 
         f"{aligner} outputs {out_dim}-wide tokens, but FLUX reads T5-XXL states ({FLUX_CONTEXT_DIM} wide): "
         f"it was trained for a different text encoder (e.g. a small test T5); use an aligner fitted to "
         f"flan-t5-xxl, such as the released one")
+
+
+def check_embeds_kind(aligner_in_dim: int, embeds, aligner_name: str = "", aligner_variant: str = "") -> None:
+    """A clear error when the aligner is of the other variant than the embeds (an LVLM aligner given
+    ThinkDiff-CLIP image embeds, or the reverse), or when the widths differ."""
+    kind = kind_of(embeds)
+    aligner = f"the aligner '{aligner_name}'" if aligner_name else "the aligner"
+    if kind == KIND_CLIP:
+        if aligner_variant == "lvlm" or aligner_in_dim != embeds.hidden_size:
+            raise IncompatibleError(
+                f"these are {KIND_CLIP} image embeds (vision encoder '{embeds.source}', {embeds.hidden_size}-wide "
+                f"tokens) but {aligner} is "
+                + ("a ThinkDiff-LVLM aligner" if aligner_variant == "lvlm" else "for another model")
+                + f" (it reads {aligner_in_dim}-wide features). Load a {KIND_CLIP} aligner ({ALIGNER_CLIP_FILE}, "
+                f"which reads {CLIP_VISION_NAME}'s {CLIP_VISION_HIDDEN}-wide tokens), or feed this aligner from "
+                f"VLM Encode Multimodal")
+        return
+    if aligner_variant == "clip":
+        raise IncompatibleError(
+            f"these are {KIND_LVLM} embeds (the VLM '{embeds.source}') but {aligner} is a {KIND_CLIP} aligner "
+            f"(it reads image tokens of a BLIP-2 vision encoder). Load a {KIND_LVLM} aligner ({ALIGNER_LVLM_FILE}), "
+            f"or feed this aligner from Encode Images (ThinkDiff-CLIP)")
+    try:
+        check_compatible(aligner_in_dim, embeds.hidden_size, aligner_name, embeds.source)
+    except IncompatibleError as e:
+        raise IncompatibleError(f"{e}. If it is a {KIND_CLIP} aligner ({ALIGNER_CLIP_FILE}), feed it the "
+                                f"image tokens of Encode Images (ThinkDiff-CLIP) instead") from None
 
 
 def check_finite(**values: float) -> None:
@@ -156,6 +213,7 @@ def combine(aligned: torch.Tensor, text: torch.Tensor | None = None, mode: str =
 
 
 def build_flux_conditioning(aligner: "Aligner", embeds: ThinkDiffEmbeds, *, aligner_name: str = "",
+                            aligner_variant: str = "",
                             text: torch.Tensor | None = None, text_pooled: torch.Tensor | None = None,
                             empty_prompt_pooled: torch.Tensor | None = None, mode: str = "replace",
                             aligned_strength: float = 1.0, text_strength: float = 1.0,
@@ -168,7 +226,7 @@ def build_flux_conditioning(aligner: "Aligner", embeds: ThinkDiffEmbeds, *, alig
     aligned_first / text_first modes. The pooled vector is CLIP-L's output for the empty prompt when
     given (the paper), else the text conditioning's, else zeros (logged).
     """
-    check_compatible(aligner.in_dim, embeds.hidden_size, aligner_name, embeds.source)
+    check_embeds_kind(aligner.in_dim, embeds, aligner_name, aligner_variant)
     check_output_width(aligner.out_dim, aligner_name, context_dim)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -179,4 +237,38 @@ def build_flux_conditioning(aligner: "Aligner", embeds: ThinkDiffEmbeds, *, alig
     tokens = combine(align(aligner, embeds.hidden), text, mode, aligned_strength, text_strength)
     pooled = empty_prompt_pooled if empty_prompt_pooled is not None else text_pooled
     return FluxConditioning(tokens=tokens, pooled=pooled_vector(pooled, batch=tokens.shape[0]),
+                            guidance=float(guidance))
+
+
+CLIP_TEXT_TOKENS = 128   # the official scripts' flux_max_sequence_length (docs/method.md §4.2)
+
+
+def build_clip_conditioning(aligner: "Aligner", embeds: ImageEmbeds, *, text: torch.Tensor | None,
+                            text_pooled: torch.Tensor | None, aligner_name: str = "", aligner_variant: str = "",
+                            text_tokens: int = CLIP_TEXT_TOKENS, image_strength: float = 1.0,
+                            text_strength: float = 1.0, guidance: float = DEFAULT_GUIDANCE) -> FluxConditioning:
+    """The whole ThinkDiff-CLIP conditioning (docs/method.md §4.2): ``[aligned tokens of image 1 (65) ; image 2 ;
+    ... ; FLUX T5 states of the text]`` with the text's CLIP-L pooled vector.
+
+    text / text_pooled: FLUX's own text conditioning (T5 states [1, L, 4096] and CLIP-L pooled [1, 768]),
+    e.g. from CLIPTextEncodeFlux; for images only, encode an empty prompt (the official scripts append the
+    T5 encoding of ""). text_tokens: keep the first N text tokens (the official 128; ComfyUI's T5 pads to at
+    least 256; 0 keeps them all). The strengths are 1 in the paper."""
+    check_embeds_kind(aligner.in_dim, embeds, aligner_name, aligner_variant)
+    if text is None:
+        raise ValueError(f"{KIND_CLIP} puts the image tokens before FLUX's own encoding of the text, but no text "
+                         f"conditioning is connected: connect CLIPTextEncodeFlux (DualCLIPLoader with clip_l and "
+                         f"t5xxl, type flux) to the conditioning input; for images only, leave its text empty")
+    check_output_width(aligner.out_dim, aligner_name, int(text.shape[-1]))   # the image tokens join FLUX's text states
+    check_finite(guidance=guidance, image_strength=image_strength, text_strength=text_strength)
+    if text_tokens < 0:
+        raise ValueError(f"text_tokens is {text_tokens}: give 0 (keep all) or a positive number (128 as in the paper)")
+    aligned = align(aligner, embeds.tokens)                    # [k, 65, 4096]
+    aligned = aligned.reshape(1, -1, aligned.shape[-1])        # images in order along the sequence
+    if text.ndim == 2:
+        text = text.unsqueeze(0)
+    if text_tokens:
+        text = text[:, :text_tokens]
+    tokens = combine(aligned, text, "aligned_first", image_strength, text_strength)
+    return FluxConditioning(tokens=tokens, pooled=pooled_vector(text_pooled, batch=tokens.shape[0]),
                             guidance=float(guidance))

@@ -15,12 +15,16 @@ VLM_REPO = "Qwen/Qwen2-VL-7B-Instruct"
 VLM_NAME = "Qwen2-VL-7B-Instruct"
 VLM_HIDDEN = 3584
 T5_REPO = "google/flan-t5-xxl"
-CLIP_VISION_REPO = "Salesforce/blip2-flan-t5-xxl"
+CLIP_VISION_REPO = "Salesforce/blip2-flan-t5-xxl"   # ThinkDiff-CLIP reads only its vision tower
+CLIP_VISION_NAME = "blip2-flan-t5-xxl"
+CLIP_VISION_HIDDEN = 1408
 SOURCE_MODEL = {"lvlm": VLM_REPO, "clip": CLIP_VISION_REPO}
 
 # ComfyUI model folders (under ComfyUI/models/) and the FLUX.1-dev files the workflows load
 ALIGNER_FOLDER = "thinkdiff"
 VLM_FOLDER = "LLM"
+CLIP_VISION_FOLDER = "blip2"
+FLUX_T5_FILE = "t5xxl_fp16.safetensors"   # FLUX's own T5 text encoder (ThinkDiff-CLIP appends its encoding)
 FLUX_FILES = {"diffusion_models": "flux1-dev.safetensors", "clip": "clip_l.safetensors", "vae": "ae.safetensors"}
 
 
@@ -33,8 +37,16 @@ def where_vlm(root: str | None = None) -> str:
 
 def where_aligner(root: str | None = None) -> str:
     """What to do when the aligner file is missing."""
-    return (f"Put the ThinkDiff aligner ({ALIGNER_LVLM_FILE} from {CHECKPOINT_REPO}, or a .safetensors "
-            f"converted with `python -m thinkdiff_core convert`) into {root or 'ComfyUI/models/' + ALIGNER_FOLDER}")
+    return (f"Put the ThinkDiff aligner ({ALIGNER_LVLM_FILE} or {ALIGNER_CLIP_FILE} from {CHECKPOINT_REPO}, or a "
+            f".safetensors converted with `python -m thinkdiff_core convert`) into "
+            f"{root or 'ComfyUI/models/' + ALIGNER_FOLDER}")
+
+
+def where_vision(root: str | None = None) -> str:
+    """What to do when the ThinkDiff-CLIP vision encoder folder is missing or incomplete."""
+    return (f"Put a BLIP-2 model folder (e.g. {CLIP_VISION_NAME} from {CLIP_VISION_REPO}: config.json, "
+            f"preprocessor_config.json and the *.safetensors files; only the vision tower is read) into "
+            f"{root or 'ComfyUI/models/' + CLIP_VISION_FOLDER}")
 
 
 # The public homes of the FLUX.1-dev files above, for ComfyUI's "missing models" dialog: the workflows carry
@@ -51,6 +63,9 @@ FLUX_DOWNLOADS = {
              "url": f"https://huggingface.co/{FLUX_TEXT_ENCODERS_REPO}/resolve/main/{FLUX_FILES['clip']}"},
     "vae": {"name": FLUX_FILES["vae"], "directory": "vae",
             "url": f"https://huggingface.co/{FLUX_DEV_REPO}/resolve/main/{FLUX_FILES['vae']}"},
+    # ThinkDiff-CLIP's workflows also load FLUX's T5 (DualCLIPLoader: clip_l + t5xxl)
+    "t5xxl": {"name": FLUX_T5_FILE, "directory": "text_encoders",
+              "url": f"https://huggingface.co/{FLUX_TEXT_ENCODERS_REPO}/resolve/main/{FLUX_T5_FILE}"},
 }
 
 

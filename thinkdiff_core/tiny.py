@@ -150,3 +150,42 @@ def build_tiny_flux_pipeline(dst: str | os.PathLike | None, clip_tokenizer_dir: 
     if dst is not None:
         pipe.save_pretrained(os.fspath(dst))
     return pipe
+
+
+def build_tiny_blip2_vision(dst: str | os.PathLike, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
+                            full: bool = False) -> str:
+    """A random BLIP-2 vision tower of the real layout at the real geometry (224 px, patch 14 -> 16x16
+    patches + CLS), narrow, saved as a normal HF folder with BLIP-2's image processor config.
+
+    full=False: a ``Blip2VisionModel`` folder (model_type blip_2_vision_model). full=True: a whole tiny
+    ``Blip2ForConditionalGeneration`` (vision tower + Q-Former + a tiny T5), the layout of
+    Salesforce/blip2-flan-t5-xxl, from which :class:`~thinkdiff_core.vision.VisionEncoder` reads only the
+    vision tower. The tower's post-layernorm scale is random, not ones."""
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2VisionConfig, Blip2VisionModel,
+                              BlipImageProcessor)
+    from .vision import CLIP_MEAN, CLIP_STD
+    dst = os.fspath(dst)
+    # initializer_range: Blip2VisionConfig's default (1e-10) would make every image give the same tokens
+    vision = Blip2VisionConfig(hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                               num_hidden_layers=num_layers, num_attention_heads=2, image_size=224, patch_size=14,
+                               initializer_range=0.02)
+    torch.manual_seed(seed)
+    if full:
+        cfg = Blip2Config(vision_config=vision.to_dict(),
+                          qformer_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                              intermediate_size=64, encoder_hidden_size=hidden_size),
+                          text_config=dict(model_type="t5", vocab_size=32128, d_model=32, d_kv=8, d_ff=64,
+                                           num_layers=1, num_decoder_layers=1, num_heads=4,
+                                           feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                                           decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
+                          num_query_tokens=4, initializer_range=0.02)
+        model = Blip2ForConditionalGeneration(cfg).eval()
+        norm = model.vision_model.post_layernorm
+    else:
+        model = Blip2VisionModel(vision).eval()
+        norm = model.post_layernorm
+    _nontrivial_norm(norm.weight, seed + 1)
+    model.save_pretrained(dst)
+    BlipImageProcessor(size={"height": 224, "width": 224}, resample=3, image_mean=list(CLIP_MEAN),
+                       image_std=list(CLIP_STD), do_convert_rgb=True).save_pretrained(dst)
+    return dst

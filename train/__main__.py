@@ -24,6 +24,8 @@ EPILOG = """examples (CPU, tiny random models; see train/README.md):
   python -m train precompute --vlm tiny/qwen2vl --data tiny/images --out tiny/feats --shard-size 4 --max-new-tokens 32
   python -m train fit --data tiny/feats --t5 tiny/t5 --out tiny/run --max-steps 50 --batch-size 4 --warmup-steps 10
   python -m train export --run tiny/run --out tiny/aligner.safetensors
+  python -m train precompute --variant clip --vision tiny/blip2 --data tiny/images --out tiny/clip_feats --shard-size 4
+  python -m train fit --data tiny/clip_feats --t5 tiny/t5 --out tiny/clip_run --max-steps 50 --batch-size 4
 options come from defaults (the paper's values) < --config YAML < the command line."""
 
 
@@ -35,14 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "mini":
         from .mini.cli import main as mini_main
         return mini_main(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m train", description="ThinkDiff-LVLM training package.",
+    p = argparse.ArgumentParser(prog="python -m train", description="ThinkDiff training package (ThinkDiff-LVLM; ThinkDiff-CLIP with precompute --variant clip).",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (cls, text) in COMMANDS.items():
         config.add_arguments(sub.add_parser(name, help=text, description=text), cls)
     sub.add_parser("mini", help="ThinkDiff-mini: train tiny models on easy-vqa and evaluate the method "
                                 "(python -m train mini build|eval --help)")
-    sub.add_parser("tiny-models", help="build a tiny random Qwen2-VL and Flan-T5 (real tokenizers) and sample "
+    sub.add_parser("tiny-models", help="build a tiny random Qwen2-VL, Flan-T5 (real tokenizers) and BLIP-2 and sample "
                                        "photos with captions, for a CPU quick start (python -m train tiny-models OUTDIR)")
     args = p.parse_args(argv)
     cls = COMMANDS[args.command][0]

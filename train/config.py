@@ -25,8 +25,14 @@ def opt(default, help: str, choices: list[str] | None = None):
 
 @dataclass
 class PrecomputeConfig:
+    # variant (docs/method.md §2.2 LVLM, §3 CLIP)
+    variant: str = opt("lvlm", "lvlm: store a VLM's generations (--vlm); clip: store BLIP-2 vision tokens (--vision) "
+                               "and the cleaned captions (same-name .txt / the tar's txt) for ThinkDiff-CLIP",
+                       ["lvlm", "clip"])
     # inputs / outputs
     vlm: str = opt("", "local Qwen2-VL model folder (e.g. Qwen2-VL-7B-Instruct); never downloaded")
+    vision: str = opt("", "clip: local BLIP-2 folder (e.g. blip2-flan-t5-xxl; only its vision tower is read) or a "
+                          "Blip2VisionModel folder")
     data: str = opt("", "image-caption source: a folder of images (+ optional same-name .txt captions), "
                         "a .tar, a folder of .tar shards, a glob or a brace pattern like cc3m/{00000..00331}.tar")
     out: str = opt("", "output folder of feature shards (webdataset .tar)")
@@ -67,6 +73,8 @@ class FitConfig:
     # objective (docs/method.md §2.3/2.4)
     max_split: int = opt(128, "split point s is uniform in 1..min(N-1, max_split)")
     max_label_len: int = opt(128, "T5 label tokens (incl. </s>) per sample")
+    max_text_len: int = opt(32, "ThinkDiff-CLIP data: T5 tokens (incl. </s>) of the caption prefix and of the "
+                                "suffix labels (paper: 32); max_split and max_label_len are LVLM-only")
     # optimisation (docs/method.md §2.5)
     batch_size: int = opt(32, "samples per process per micro-step (paper: 32 per GPU)")
     grad_accum: int = opt(1, "micro-steps per optimizer step")

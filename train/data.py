@@ -1,6 +1,8 @@
 """Data: image-caption sources for `precompute`, feature shards for `fit`, and the random-split batches.
 
-Feature shard format (webdataset tar, one sample = the files sharing a key):
+Two kinds of feature shards, one per ThinkDiff variant; `fit` trains the variant its shards hold.
+
+ThinkDiff-LVLM shards (webdataset tar, one sample = the files sharing a key):
   KEY.json              {"key", "prompt" (instruction), "generated_text", "output_token_ids" (Qwen ids,
                          incl. the EOS id when generation stopped there), "input_prompt", "n_tokens",
                          "source" (caption / metadata of the input sample, if any)}
@@ -8,6 +10,11 @@ Feature shard format (webdataset tar, one sample = the files sharing a key):
                         read with torch.load(weights_only=True). The official shards' name
                         ``model.norm.output_embed.pth`` is read too.
   KEY.jpg / KEY.png     the source image (only with --store-image)
+
+ThinkDiff-CLIP shards (docs/method.md §3): the frozen vision tower's output is precomputed (no augmentation in
+the official pipeline, so this equals running it in every step):
+  KEY.json              {"key", "caption" (cleaned as BLIP's caption processor does), "source"}
+  KEY.image_embed.pth   torch.save of the [65, D] tokens of the image (CLS + the 8x8 grid, docs/method.md §1.2)
 
 Next to the shards, precompute.json records their provenance (read and written only by
 `write_provenance` / `read_provenance` below): the VLM folder (fit finds the Qwen tokenizer there),
@@ -20,6 +27,7 @@ import io
 import json
 import os
 import random
+import re
 import tarfile
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -28,6 +36,8 @@ import torch
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 FEATURE_KEYS = ("output_embed.pth", "model.norm.output_embed.pth")
+IMAGE_FEATURE_KEY = "image_embed.pth"          # ThinkDiff-CLIP shards
+LVLM, CLIP = "lvlm", "clip"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -94,6 +104,7 @@ class Provenance:
     hidden_size: int         # width of the stored states
     config: dict             # the PrecomputeConfig
     path: str = ""           # the precompute.json it was read from
+    variant: str = LVLM      # lvlm (VLM generations) or clip (vision tokens + captions); vlm is then the vision encoder
 
 
 def provenance_file(data: str) -> str:
@@ -107,8 +118,8 @@ def write_provenance(folder: str, p: Provenance) -> str:
     """Write folder/precompute.json atomically (temp file + rename)."""
     final, tmp = os.path.join(folder, PROVENANCE_FILE), os.path.join(folder, f".{PROVENANCE_FILE}.tmp")
     with open(tmp, "w") as fh:
-        json.dump({"vlm": p.vlm, "vlm_name": p.vlm_name, "hidden_size": p.hidden_size, "config": p.config},
-                  fh, indent=2)
+        json.dump({"variant": p.variant, "vlm": p.vlm, "vlm_name": p.vlm_name, "hidden_size": p.hidden_size,
+                   "config": p.config}, fh, indent=2)
     os.replace(tmp, final)
     return final
 
@@ -121,7 +132,8 @@ def read_provenance(data: str) -> Provenance | None:
     with open(path) as fh:
         raw = json.load(fh)
     return Provenance(vlm=raw.get("vlm", ""), vlm_name=raw.get("vlm_name", ""),
-                      hidden_size=int(raw.get("hidden_size", 0)), config=raw.get("config", {}), path=path)
+                      hidden_size=int(raw.get("hidden_size", 0)), config=raw.get("config", {}), path=path,
+                      variant=raw.get("variant", LVLM))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -211,25 +223,55 @@ def encode_sample(key: str, record: dict, hidden: torch.Tensor, dtype: torch.dty
     return {"__key__": key, "json": json.dumps({"key": key, **record}).encode(), "output_embed.pth": buf.getvalue()}
 
 
+def encode_image_sample(key: str, caption: str, tokens: torch.Tensor, source: dict | None = None,
+                        dtype: torch.dtype = torch.bfloat16) -> dict:
+    """One ThinkDiff-CLIP shard sample: the image's [65, D] vision tokens and its cleaned caption."""
+    if tokens.ndim != 2:
+        raise ValueError(f"{key}: expected [tokens, D] vision tokens, got {tuple(tokens.shape)}")
+    buf = io.BytesIO()
+    torch.save(tokens.detach().to("cpu", dtype).contiguous(), buf)
+    return {"__key__": key, "json": json.dumps({"key": key, "caption": caption, "source": source or {}}).encode(),
+            IMAGE_FEATURE_KEY: buf.getvalue()}
+
+
 @dataclass
 class Sample:
     key: str
-    ids: list[int]          # Qwen token ids of the generation
+    ids: list[int]          # Qwen token ids of the generation (LVLM); [] for a CLIP sample
     feat: bytes             # torch.save'd [N, D] tensor (decoded lazily: shards are read whole)
+    caption: str | None = None   # ThinkDiff-CLIP: the cleaned caption (feat holds the image's tokens)
+
+    @property
+    def variant(self) -> str:
+        return CLIP if self.caption is not None else LVLM
 
     def features(self) -> torch.Tensor:
         t = torch.load(io.BytesIO(self.feat), map_location="cpu", weights_only=True)
-        if t.ndim != 2 or t.shape[0] != len(self.ids):
+        if self.caption is None and (t.ndim != 2 or t.shape[0] != len(self.ids)):
             raise ValueError(f"sample {self.key}: features {tuple(t.shape)} do not match {len(self.ids)} token ids")
         return t
+
+    def usable(self) -> bool:
+        """LVLM: at least 2 tokens (docs/method.md §8.6); CLIP: a non-empty caption."""
+        return bool(self.caption.split(" ")[0]) if self.caption is not None else len(self.ids) >= 2
+
+    def draw(self, max_split: int, seed: str) -> int:
+        """The random split point: LVLM rows (draw_split), CLIP caption words (draw_word_split)."""
+        if self.caption is not None:
+            return draw_word_split(len(self.caption.split(" ")), seed)
+        return draw_split(len(self.ids), max_split, seed)
 
 
 def read_feature_shard(path: str) -> list[Sample]:
     out = []
     for s in iter_tar(path):
+        if IMAGE_FEATURE_KEY in s and "json" in s:
+            meta = json.loads(s["json"])
+            out.append(Sample(s["__key__"], [], s[IMAGE_FEATURE_KEY], caption=str(meta.get("caption", ""))))
+            continue
         feat = next((s[k] for k in FEATURE_KEYS if k in s), None)
         if feat is None or "json" not in s:
-            raise ValueError(f"{path}: sample {s['__key__']} has no json / output_embed.pth "
+            raise ValueError(f"{path}: sample {s['__key__']} has no json / output_embed.pth / {IMAGE_FEATURE_KEY} "
                              f"(files: {', '.join(k for k in s if k != '__key__')}); not a feature shard?")
         meta = json.loads(s["json"])
         out.append(Sample(s["__key__"], [int(i) for i in meta["output_token_ids"]], feat))
@@ -238,7 +280,14 @@ def read_feature_shard(path: str) -> list[Sample]:
 
 def feature_dim(path: str) -> int:
     for s in read_feature_shard(path):
-        return int(s.features().shape[1])
+        return int(s.features().shape[-1])
+    raise ValueError(f"{path}: empty feature shard")
+
+
+def shard_variant(path: str) -> str:
+    """lvlm or clip: what the shard's first sample holds."""
+    for s in read_feature_shard(path):
+        return s.variant
     raise ValueError(f"{path}: empty feature shard")
 
 
@@ -247,13 +296,30 @@ def draw_split(n: int, max_split: int, seed: str) -> int:
     return random.Random(seed).randint(1, min(n - 1, max_split))
 
 
+def draw_word_split(words: int, seed: str) -> int:
+    """ThinkDiff-CLIP (docs/method.md §3): k uniform in 1..W-1 caption words go to the prefix; W <= 1 gives
+    k = 0 (empty prefix, the whole caption is the suffix)."""
+    return 0 if words <= 1 else random.Random(seed).randint(1, words - 1)
+
+
+_CAPTION_PUNCT = re.compile(r"""[.!"()*#:;~]""")
+
+
+def clean_caption(caption: str, max_words: int = 50) -> str:
+    """BLIP's caption processor (docs/method.md §3): lower-case; each of . ! " ( ) * # : ; ~ becomes a space;
+    whitespace collapsed; stripped; at most max_words words."""
+    text = re.sub(r"\s{2,}", " ", _CAPTION_PUNCT.sub(" ", caption.lower())).rstrip("\n").strip(" ")
+    return " ".join(text.split(" ")[:max_words])
+
+
 class TrainStream:
     """An endless, exactly resumable stream of (sample, split) for one process.
 
     Process `rank` owns shards[rank::world]. Epoch e visits them in a seeded order and each shard's
     samples in a seeded order; the split point of a sample depends only on (seed, epoch, shard, key).
     The position (epoch, shard index, sample index) after every sample is reported, so a checkpoint
-    can store it and a resumed run skips straight to it. Samples with fewer than 2 tokens are skipped.
+    can store it and a resumed run skips straight to it. Samples with fewer than 2 tokens (CLIP: an empty
+    caption) are skipped. The split is a row count (LVLM) or a word count (CLIP), see Sample.draw.
     """
 
     def __init__(self, shards: list[str], seed: int, rank: int, max_split: int,
@@ -282,11 +348,11 @@ class TrainStream:
                 for j in range(sj, len(idx)):
                     s = samples[idx[j]]
                     self.position = (epoch, i, j + 1)
-                    if len(s.ids) < 2:
+                    if not s.usable():
                         self.skipped += 1
                         continue
                     usable = True
-                    yield s, draw_split(len(s.ids), self.max_split, f"{self.seed}:{epoch}:{name}:{s.key}")
+                    yield s, s.draw(self.max_split, f"{self.seed}:{epoch}:{name}:{s.key}")
                 sj = 0
             si, epoch = 0, epoch + 1
 
@@ -307,11 +373,11 @@ def val_items(shards: list[str], seed: int, rank: int, world: int, max_samples: 
     items = []
     for path in shards:
         for s in read_feature_shard(path):
-            if len(s.ids) < 2:
+            if not s.usable():
                 continue
             if len(items) >= max_samples:
                 break
-            items.append((s, draw_split(len(s.ids), max_split, f"val:{seed}:{s.key}")))
+            items.append((s, s.draw(max_split, f"val:{seed}:{s.key}")))
     return items[rank::world]
 
 
@@ -334,3 +400,26 @@ def collate(items: list[tuple[Sample, int]], qwen_tok, t5_tok, max_label_len: in
         mask[b, :p.shape[0]] = 1
     return {"prefix": prefix, "prefix_mask": mask, "labels": labels, "decoder_input_ids": dec_in,
             "decoder_attention_mask": enc["attention_mask"], "texts": texts}
+
+
+def collate_clip(items: list[tuple[Sample, int]], t5_tok, max_text_len: int) -> dict:
+    """ThinkDiff-CLIP (docs/method.md §3): the images' [65, D] tokens ("prefix", all real rows); the first k
+    caption words -> T5 tokens (<= max_text_len, with </s>) for the frozen T5 encoder; the rest -> labels
+    (<= max_text_len, with </s>, pad -> -100) and decoder inputs (shifted right, start id 0). The T5 memory
+    is [aligned image tokens ; encoded prefix] with the mask [ones ; prefix mask]."""
+    feats = [s.features() for s, _ in items]
+    words = [s.caption.split(" ") for s, _ in items]
+    prefixes = [" ".join(w[:k]) for w, (_, k) in zip(words, items)]
+    suffixes = [" ".join(w[k:]) for w, (_, k) in zip(words, items)]
+    pre = t5_tok(prefixes, padding="longest", truncation=True, max_length=max_text_len, add_special_tokens=True,
+                 return_tensors="pt")
+    enc = t5_tok(suffixes, padding="longest", truncation=True, max_length=max_text_len, add_special_tokens=True,
+                 return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    dec_in = torch.zeros_like(enc["input_ids"])
+    dec_in[:, 1:] = enc["input_ids"][:, :-1].masked_fill(enc["attention_mask"][:, :-1] == 0, 0)
+    prefix = torch.stack(feats)
+    return {"prefix": prefix, "prefix_mask": torch.ones(prefix.shape[:2], dtype=torch.long),
+            "text_ids": pre["input_ids"], "text_mask": pre["attention_mask"], "labels": labels,
+            "decoder_input_ids": dec_in, "decoder_attention_mask": enc["attention_mask"], "texts": suffixes,
+            "prefix_texts": prefixes}

@@ -22,7 +22,8 @@ def main(cfg: ExportConfig) -> int:
     aligner, ckpt, path = load_fit_checkpoint(cfg.run)
     run_cfg = ckpt["config"]
     provenance = read_provenance(run_cfg.get("data", ""))
-    save_aligner(aligner, cfg.out, variant="lvlm", dtype=parse_dtype(cfg.dtype),
+    variant = provenance.variant if provenance else "lvlm"
+    save_aligner(aligner, cfg.out, variant=variant, dtype=parse_dtype(cfg.dtype),
                  source_vlm=cfg.source_vlm or (provenance.vlm_name if provenance else ""),
                  t5=cfg.t5 or os.path.basename(os.path.normpath(run_cfg.get("t5", ""))),
                  extra={"train_step": str(ckpt["step"]), "train_checkpoint": os.path.basename(path),

@@ -17,6 +17,11 @@ checkpoint; SIGINT/SIGTERM finish the current step, save a checkpoint and exit w
 --resume skips an unreadable last checkpoint (truncated, garbage) for the one before it, with a
 warning; a failed checkpoint write (full disk) stops the run with an error and keeps the previous one.
 
+ThinkDiff-CLIP (docs/method.md §3): with shards written by `precompute --variant clip` the same loop trains
+the CLIP aligner: per image, k caption words (uniform in 1..W-1) are encoded by the frozen Flan-T5
+encoder; the memory is [aligned 65 image tokens ; encoded prefix] and the decoder predicts the other
+words (--max-text-len 32 T5 tokens each). Data, loop, checkpoints, resume and processes are shared.
+
 The frozen decoder runs in train mode during training steps (its dropout is active, as in the
 official trainer; --decoder-dropout false turns that off) and in eval mode for validation.
 
@@ -44,8 +49,8 @@ from thinkdiff_core.dtypes import dtype_name, resolve_dtype
 
 from . import checkpoint
 from .config import FitConfig, require
-from .data import (TrainStream, batches, collate, expand_shards, feature_dim, provenance_file, read_provenance,
-                   val_items)
+from .data import (CLIP, TrainStream, batches, collate, collate_clip, expand_shards, feature_dim, provenance_file,
+                   read_provenance, shard_variant, val_items)
 from .t5 import check_t5_folder, load_t5_decoder, load_tokenizer
 
 
@@ -70,9 +75,17 @@ def make_optimizer(aligner: torch.nn.Module, cfg: FitConfig) -> torch.optim.Adam
 
 
 def batch_loss(aligner, decoder, batch: dict, device, reduction: str = "mean") -> torch.Tensor:
-    """Token-level CE of the suffix given the aligned prefix; mean over the batch's label tokens."""
+    """Token-level CE of the suffix given the aligned prefix; mean over the batch's label tokens.
+    ThinkDiff-CLIP batches (text_ids) append the frozen T5 encoder's states of the caption prefix to the
+    aligned image tokens: memory [image tokens ; text], mask [ones ; text mask] (docs/method.md §3)."""
     memory = aligner(batch["prefix"].to(device, non_blocking=True))
-    logits = decoder(memory, batch["prefix_mask"].to(device), batch["decoder_input_ids"].to(device),
+    mask = batch["prefix_mask"].to(device)
+    if "text_ids" in batch:
+        text_mask = batch["text_mask"].to(device)
+        text = decoder.encode(batch["text_ids"].to(device), text_mask)
+        memory = torch.cat([memory, text.to(memory.dtype)], dim=1)
+        mask = torch.cat([mask, text_mask], dim=1)
+    logits = decoder(memory, mask, batch["decoder_input_ids"].to(device),
                      batch["decoder_attention_mask"].to(device))
     labels = batch["labels"].to(device)
     return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction)
@@ -257,15 +270,22 @@ def all_sum(values: list[float], device, world: int) -> list[float]:
     return t.tolist()
 
 
+def make_collate(variant: str, qwen_tok, t5_tok, cfg: FitConfig):
+    """items -> batch for the data's variant (LVLM: collate; CLIP: collate_clip)."""
+    if variant == CLIP:
+        return lambda items: collate_clip(items, t5_tok, cfg.max_text_len)
+    return lambda items: collate(items, qwen_tok, t5_tok, cfg.max_label_len)
+
+
 @torch.no_grad()
-def evaluate(aligner, decoder, held_out: list, qwen_tok, t5_tok, cfg: FitConfig, device, autocast,
+def evaluate(aligner, decoder, held_out: list, collate_fn, cfg: FitConfig, device, autocast,
              world: int) -> float:
     """Mean token CE over every process's held-out samples, with the decoder in eval mode (no dropout,
     so every validation pass of the same aligner gives the same number)."""
     decoder.eval()
     total, count = 0.0, 0
     for i in range(0, len(held_out), cfg.batch_size):
-        b = collate(held_out[i:i + cfg.batch_size], qwen_tok, t5_tok, cfg.max_label_len)
+        b = collate_fn(held_out[i:i + cfg.batch_size])
         with autocast():
             total += float(batch_loss(aligner, decoder, b, device, reduction="sum"))
         count += int((b["labels"] != -100).sum())
@@ -328,10 +348,14 @@ def fit(cfg: FitConfig) -> dict:
     precision, dec_dtype = resolve_precision(cfg, device)
     autocast = autocast_for(device, precision)
     shards, val_shards = split_shards(cfg, world, master)
-    qwen_tok, t5_tok = load_tokenizer(tokenizer_folder(cfg)), load_tokenizer(cfg.t5)
+    variant = shard_variant(shards[0])            # lvlm or clip: what precompute wrote
+    # ThinkDiff-CLIP captions need only the T5 tokenizer; LVLM suffixes are decoded with the VLM's
+    qwen_tok = load_tokenizer(tokenizer_folder(cfg)) if variant != CLIP else None
+    t5_tok = load_tokenizer(cfg.t5)
 
-    # frozen T5 decoder; the aligner's norm starts from the T5 encoder's final norm (docs/method.md §1.1)
-    decoder, t5_norm = load_t5_decoder(cfg.t5, dtype=dec_dtype, device=device)
+    # frozen T5 decoder (CLIP: and encoder); the aligner's norm starts from the T5 encoder's final norm
+    # (docs/method.md §1.1)
+    decoder, t5_norm = load_t5_decoder(cfg.t5, dtype=dec_dtype, device=device, with_encoder=variant == CLIP)
     dims = [feature_dim(shards[0]), cfg.hidden_dim or decoder.d_model, decoder.d_model]
     torch.manual_seed(cfg.seed)                                  # identical init on every process
     aligner = Aligner(dims[0], dims[2], dims[1])
@@ -351,16 +375,16 @@ def fit(cfg: FitConfig) -> dict:
     stream = TrainStream(shards[rank::world], cfg.seed, rank, cfg.max_split, position)
     # batches are read and tokenised one or two ahead in a thread; each carries the stream position
     # after its last sample, and a checkpoint stores the position of the last batch actually used
-    train_batches = prefetch(((collate(group, qwen_tok, t5_tok, cfg.max_label_len), pos)
-                              for group, pos in batches(stream, cfg.batch_size)), depth=2)
+    train_collate = make_collate(variant, qwen_tok, t5_tok, cfg)
+    train_batches = prefetch(((train_collate(group), pos) for group, pos in batches(stream, cfg.batch_size)), depth=2)
     held_out = val_items(val_shards, cfg.seed, rank, world, cfg.val_max_samples, cfg.max_split)
     # the data thread uses the tokenizers concurrently: validation gets its own copies
-    val_toks = (copy.deepcopy(qwen_tok), copy.deepcopy(t5_tok)) if val_shards else (None, None)
+    val_collate = make_collate(variant, copy.deepcopy(qwen_tok), copy.deepcopy(t5_tok), cfg) if val_shards else None
 
     def validate() -> float | None:
         if not val_shards:
             return None
-        return evaluate(aligner, decoder, held_out, *val_toks, cfg, device, autocast, world)
+        return evaluate(aligner, decoder, held_out, val_collate, cfg, device, autocast, world)
 
     def save(reason: str) -> None:
         positions = gather_object([list(position)])            # every process's place in its data
@@ -375,7 +399,8 @@ def fit(cfg: FitConfig) -> dict:
     log = RunLog(cfg, master)
     for record in skipped:                                       # before the resume line they explain
         log(record)
-    log({"event": "resume" if step else "start", "step": step, "world_size": world, "device": str(device),
+    log({"event": "resume" if step else "start", "step": step, "variant": variant, "world_size": world,
+         "device": str(device),
          "precision": dtype_name(precision), "decoder_dtype": dtype_name(dec_dtype),
          "decoder_dropout": cfg.decoder_dropout, "dims": dims, "train_shards": len(shards),
          "val_shards": len(val_shards), "val_samples": len(held_out) * world})
@@ -434,7 +459,7 @@ def fit(cfg: FitConfig) -> dict:
     if world > 1:
         accelerator.wait_for_everyone()
     return {"step": step, "losses": losses, "val_losses": val_losses, "aligner": aligner, "decoder": decoder,
-            "stopped": bool(stop["signal"]), "last_checkpoint": last_ckpt}
+            "stopped": bool(stop["signal"]), "last_checkpoint": last_ckpt, "variant": variant}
 
 
 def main(cfg: FitConfig) -> int:

@@ -1,8 +1,10 @@
 """The frozen Flan-T5 decoder that the aligner is fitted to (docs/method.md §1.1, 2.4).
 
-Only the decoder stack and the LM head are built; the encoder is never materialised (the official
-code builds the whole fp32 T5-XXL, docs/method.md §8.9). From the encoder we read one tensor, its
-``final_layer_norm.weight``, which initialises the aligner's output norm (docs/method.md §1.1 and §10.6).
+Only the decoder stack and the LM head are built; for ThinkDiff-LVLM the encoder is never materialised
+(the official code builds the whole fp32 T5-XXL, docs/method.md §8.9). From the encoder we read one
+tensor, its ``final_layer_norm.weight``, which initialises the aligner's output norm (docs/method.md §1.1
+and §10.6). ThinkDiff-CLIP (docs/method.md §3) also needs the frozen encoder, for the caption prefix:
+``load_t5_decoder(..., with_encoder=True)`` builds it too (:meth:`T5Decoder.encode`).
 """
 from __future__ import annotations
 
@@ -18,9 +20,15 @@ from torch import nn
 class T5Decoder(nn.Module):
     """T5 decoder + LM head reading an external cross-attention memory (the aligned VLM rows)."""
 
-    def __init__(self, config, scale_outputs: bool = False):
+    def __init__(self, config, scale_outputs: bool = False, with_encoder: bool = False):
         super().__init__()
         from transformers.models.t5.modeling_t5 import T5Stack
+        if with_encoder:                 # ThinkDiff-CLIP: encodes the caption prefix (frozen)
+            ecfg = copy.deepcopy(config)
+            ecfg.is_decoder, ecfg.is_encoder_decoder, ecfg.use_cache = False, False, False
+            self.encoder = T5Stack(ecfg)
+        else:
+            self.encoder = None
         cfg = copy.deepcopy(config)
         cfg.is_decoder, cfg.is_encoder_decoder, cfg.use_cache = True, False, False
         cfg.num_layers = config.num_decoder_layers
@@ -33,6 +41,13 @@ class T5Decoder(nn.Module):
     @property
     def d_model(self) -> int:
         return int(self.config.d_model)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The frozen T5 encoder's states of the text tokens [B, L] -> [B, L, d_model] (no gradient)."""
+        if self.encoder is None:
+            raise RuntimeError("this T5Decoder was loaded without its encoder (load_t5_decoder(with_encoder=True))")
+        with torch.no_grad():
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def forward(self, memory: torch.Tensor, memory_mask: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -72,8 +87,10 @@ def check_t5_folder(path: str) -> dict:
     return raw
 
 
-def load_t5_decoder(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> tuple[T5Decoder, torch.Tensor]:
-    """Read the decoder, LM head and the encoder's final norm weight from a local T5 folder.
+def load_t5_decoder(path: str, dtype: torch.dtype = torch.float32, device="cpu",
+                    with_encoder: bool = False) -> tuple[T5Decoder, torch.Tensor]:
+    """Read the decoder, LM head and the encoder's final norm weight from a local T5 folder (with_encoder:
+    the whole encoder too, for ThinkDiff-CLIP).
 
     Returns (frozen decoder in eval mode, encoder.final_layer_norm.weight)."""
     from safetensors import safe_open
@@ -85,19 +102,22 @@ def load_t5_decoder(path: str, dtype: torch.dtype = torch.float32, device="cpu")
     for f in _weight_files(path):
         with safe_open(f, framework="pt", device="cpu") as fh:
             for k in fh.keys():
-                if k.startswith("decoder.") or k in ("shared.weight", "lm_head.weight"):
-                    sd[k] = fh.get_tensor(k)
-                elif k == "encoder.final_layer_norm.weight":
+                if k == "encoder.final_layer_norm.weight":
                     norm = fh.get_tensor(k).float()
+                if k.startswith("decoder.") or k in ("shared.weight", "lm_head.weight") or (
+                        with_encoder and k.startswith("encoder.")):
+                    sd[k] = fh.get_tensor(k)
     if norm is None:
         raise KeyError(f"t5: {path} has no encoder.final_layer_norm.weight (needed to initialise the aligner's norm)")
     if "shared.weight" not in sd:
         raise KeyError(f"t5: {path} has no shared.weight (token embeddings)")
     sd.setdefault("decoder.embed_tokens.weight", sd["shared.weight"])
+    if with_encoder:
+        sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
     sd.setdefault("lm_head.weight", sd["shared.weight"])    # tied head (T5 v1.0); Flan-T5 stores its own
     sd.pop("shared.weight")
     with torch.device("meta"):
-        model = T5Decoder(config, scale_outputs=scale)
+        model = T5Decoder(config, scale_outputs=scale, with_encoder=with_encoder)
     model.load_state_dict(sd, strict=True, assign=True)
     model = model.to(device=device, dtype=dtype)
     return model.eval().requires_grad_(False), norm

@@ -2,6 +2,7 @@
 
 OUTDIR/qwen2vl  a random tiny Qwen2-VL (hidden 64) with the real Qwen2-VL tokenizer
 OUTDIR/t5       a random tiny Flan-T5 layout (d_model 64) with the real T5 tokenizer
+OUTDIR/blip2    a random tiny BLIP-2 (vision width 32, 224 px) for precompute --variant clip
 OUTDIR/images   real photos (scikit-image sample data, CC0 / public domain) with one-line captions
 
 The tokenizers come from ComfyUI (comfy/text_encoders/*): --comfyui, else $COMFYUI_DIR, else ./.comfyui
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from thinkdiff_core.tiny import build_tiny_qwen2vl, build_tiny_t5, find_tokenizer
+from thinkdiff_core.tiny import build_tiny_blip2_vision, build_tiny_qwen2vl, build_tiny_t5, find_tokenizer
 
 # scikit-image sample photos and captions written for them
 PHOTOS = {
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {e}")
     print("built", build_tiny_qwen2vl(os.path.join(args.outdir, "qwen2vl"), qtok, hidden_size=args.vlm_hidden))
     print("built", build_tiny_t5(os.path.join(args.outdir, "t5"), ttok, d_model=args.t5_dim))
+    print("built", build_tiny_blip2_vision(os.path.join(args.outdir, "blip2"), full=True))
     imgs = write_images(os.path.join(args.outdir, "images"), args.image_size)
     print(f"wrote {len(imgs)} photos with captions to {os.path.join(args.outdir, 'images')}")
     return 0

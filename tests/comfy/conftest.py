@@ -75,6 +75,7 @@ def server(comfyui, tmp_path_factory):
         f.write(b"this is not a checkpoint\n" * 10)
     print(f"\n[node suite {comfyui.id}] demo models built in {time.time() - t:.1f} s", file=sys.stderr)
     comfy_server.install_pack(base)
+    comfy_server.install_demo_nodes(base)    # the tiny-T5 DualCLIPLoader the ThinkDiff-CLIP workflows' demo runs use
     comfy_server.copy_example_inputs(base)
     srv = comfy_server.ComfyServer(base, comfy_dir=comfyui.dir)
     t = time.time()

@@ -21,6 +21,8 @@ EXT_URL = f"/extensions/{comfy_server.PACK_NAME}/{JS}"
 EXT_NAME = "thinkdiff.dynamicImageSlots"
 FAST = dict(steps=1, width=64, height=64, demo_models=True)
 IMAGE_SLOT = re.compile(r"^(?:images\.)?image_\d+$")   # image_2 (0.3.75) or images.image_2 (Autogrow, 0.33.0)
+# the nodes with growing image inputs: VLM Encode Multimodal and Encode Images (ThinkDiff-CLIP)
+IMAGE_NODES = ("ThinkDiffVLMEncode", "ThinkDiffEncodeImages")
 
 
 def slot_name(name: str) -> str:
@@ -138,7 +140,7 @@ def test_workflow_saved_with_grouped_image_slots_loads(name, fe, comfy_features)
     every version too: on 0.3.75 the extension renames the slots back to image_N."""
     with open(os.path.join(paths.WORKFLOWS, name + ".json")) as f:
         wf = json.load(f)
-    enc = next(n for n in wf["nodes"] if n["type"] == "ThinkDiffVLMEncode")
+    enc = next(n for n in wf["nodes"] if n["type"] in IMAGE_NODES)
     for i in enc["inputs"]:
         if IMAGE_SLOT.match(i["name"]):
             i.update(name=f"images.{i['name']}", localized_name=f"images.{i['name']}", label=i["name"])
@@ -161,22 +163,22 @@ def test_workflow_saved_by_an_early_version_of_the_node_loads(fe, comfy_features
 
 def check_loads_and_round_trips(fe, wf: dict, comfy_features, connected: list[str] | None = None) -> None:
     """connected: the image slots (image_N) the saved links land on; by default the saved names."""
-    enc = next(n for n in wf["nodes"] if n["type"] == "ThinkDiffVLMEncode")
+    enc = next(n for n in wf["nodes"] if n["type"] in IMAGE_NODES)
     if connected is None:
         connected = [slot_name(i["name"]) for i in enc["inputs"]
                      if IMAGE_SLOT.match(i["name"]) and i.get("link") is not None]
     assert fe.load_errors(wf) == []
-    out = fe.page.evaluate("async () => {" + JS_HELPERS + """
-        const n = g._nodes.find(x => x.type === 'ThinkDiffVLMEncode');
+    out = fe.page.evaluate("async (type) => {" + JS_HELPERS + """
+        const n = g._nodes.find(x => x.type === type);
         const r = {images: images(n), linksOk: linksOk()};
         const p = await app.graphToPrompt();
         r.prompt = p.output;
         await app.loadGraphData(p.workflow);
-        r.reloaded = images(g._nodes.find(x => x.type === 'ThinkDiffVLMEncode'));
+        r.reloaded = images(g._nodes.find(x => x.type === type));
         r.linksOk2 = linksOk();
         r.prompt2 = (await app.graphToPrompt()).output;
         return r;
-    }""")
+    }""", enc["type"])
     assert out["images"] == [c + "*" for c in connected] + [f"image_{len(connected) + 1}"]
     assert out["linksOk"] and out["linksOk2"]
     assert out["reloaded"] == out["images"]

@@ -22,8 +22,10 @@ ROOT = paths.ROOT
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 WORKFLOWS = sorted(glob.glob(os.path.join(paths.WORKFLOWS, "*.json")))
-# run here on the random-weight demo FLUX; ThinkDiff-mini's workflow runs on its trained models in tests/mini
-FLUX_WORKFLOWS = [w for w in WORKFLOWS if os.path.splitext(os.path.basename(w))[0] not in MINI_WORKFLOWS]
+# run here on the random-weight demo FLUX: the ThinkDiff-LVLM graphs (the ThinkDiff-CLIP ones run in
+# test_clip_nodes_server.py; ThinkDiff-mini's runs on its trained models in tests/mini)
+FLUX_WORKFLOWS = [w for w in WORKFLOWS if os.path.splitext(os.path.basename(w))[0] not in MINI_WORKFLOWS
+                  and not os.path.basename(w).startswith("thinkdiff_clip_")]
 FAST = dict(steps=1, width=64, height=64, demo_models=True)
 FAST_VLM = {"ThinkDiffVLMEncode": {"max_new_tokens": 8}}
 NODES = {
@@ -34,8 +36,11 @@ NODES = {
                             "stop_at_eos"}),    # + the image inputs: IMAGE_NAMES, or one Autogrow group
     "ThinkDiffConditioning": ("ThinkDiff Conditioning",
                               {"aligner", "embeds", "clip", "conditioning", "mode", "aligned_strength",
-                               "text_strength", "guidance"}),
+                               "text_strength", "guidance", "clip_text_tokens"}),
+    "ThinkDiffLoadVisionEncoder": ("Load ThinkDiff-CLIP Vision Encoder", {"vision_name", "dtype", "keep_loaded"}),
+    "ThinkDiffEncodeImages": ("Encode Images (ThinkDiff-CLIP)", {"vision"}),   # + the image inputs
 }
+IMAGE_NODES = {"ThinkDiffVLMEncode", "ThinkDiffEncodeImages"}
 
 
 IMAGE_NAMES = [f"image_{i}" for i in range(1, 7)]
@@ -102,7 +107,7 @@ def test_object_info_lists_the_four_nodes(object_info, comfy_features):
         assert info["display_name"] == display
         assert info["category"] == "ThinkDiff"
         specs = {**info["input"]["required"], **info["input"].get("optional", {})}
-        assert set(specs) == (inputs | images if node_id_ == "ThinkDiffVLMEncode" else inputs)
+        assert set(specs) == (inputs | images if node_id_ in IMAGE_NODES else inputs)
         for name, spec in specs.items():
             assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id_}.{name} has no tooltip"
     # the image inputs: optional, in reading order; one growing group where ComfyUI has io.Autogrow

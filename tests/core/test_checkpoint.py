@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from thinkdiff_core.aligner import Aligner
-from thinkdiff_core.checkpoint import AlignerFileError, convert, load_aligner, read_checkpoint, save_aligner
+from thinkdiff_core.checkpoint import AlignerFileError, convert, load_aligner, save_aligner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -32,3 +32,18 @@ def fit_cfg(tiny, learn_data, tmp_path):
                      tokenizer=tiny.qwen, out=str(tmp_path / "run"), batch_size=8, max_steps=8, lr=3e-2,
                      warmup_steps=3, min_lr=1e-2, decay_steps=100, val_interval=0, val_max_samples=16,
                      ckpt_interval=4, log_interval=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def clip_learn_data(tmp_path_factory):
+    """ThinkDiff-CLIP feature shards (4 train + 1 val) whose caption suffixes are predictable from the image tokens."""
+    from tests.train.train_helpers import write_learnable_clip_shards
+    return write_learnable_clip_shards(str(tmp_path_factory.mktemp("clip_learn")))
+
+
+@pytest.fixture
+def clip_fit_cfg(fit_cfg, clip_learn_data):
+    """fit_cfg over the ThinkDiff-CLIP shards (no VLM tokenizer needed)."""
+    import dataclasses
+    return dataclasses.replace(fit_cfg, data=",".join(clip_learn_data["train"]), val_data=clip_learn_data["val"],
+                               tokenizer="")

@@ -37,8 +37,6 @@ def write_learnable_shards(folder: str, qwen_tok, n_train: int = 192, n_val: int
     noise: every prefix row says which colour and shape the suffix will name, but the aligner must
     learn to turn that into memory the frozen decoder can read.
     """
-    import webdataset as wds
-
     from train.data import encode_sample
     rows = easy_vqa_captions()
     g = torch.Generator().manual_seed(seed)
@@ -55,6 +53,12 @@ def write_learnable_shards(folder: str, qwen_tok, n_train: int = 192, n_val: int
         feat = emb[colour] + emb[shape] + 0.3 * pos[:n] + 0.1 * torch.randn(n, dim, generator=g)
         samples.append(encode_sample(f"evqa{image_id}", {"generated_text": text, "output_token_ids": ids,
                                                          "colour": colour, "shape": shape}, feat, torch.float32))
+    return _write_shards(folder, samples, n_train, shard_size, dim)
+
+
+def _write_shards(folder: str, samples: list[dict], n_train: int, shard_size: int, dim: int) -> dict:
+    """train-XXXX.tar shards of shard_size samples and one val.tar (the samples after n_train)."""
+    import webdataset as wds
     os.makedirs(folder, exist_ok=True)
     train, val = samples[:n_train], samples[n_train:]
     names = []
@@ -68,6 +72,28 @@ def write_learnable_shards(folder: str, qwen_tok, n_train: int = 192, n_val: int
         for s in val:
             w.write(s)
     return {"train": names, "val": val_path, "dim": dim}
+
+
+def write_learnable_clip_shards(folder: str, n_train: int = 192, n_val: int = 48, shard_size: int = 48,
+                                dim: int = 32, seed: int = 0, template: str = "a {colour} {shape}") -> dict:
+    """ThinkDiff-CLIP shards whose caption suffix is predictable from the image tokens (and only from them).
+
+    Each sample: an easy-vqa image's caption (cleaned, default "a {colour} {shape}") and 65 "image tokens"
+    [65, dim] = embedding(colour) + embedding(shape) + 0.3 * embedding(token position) + noise. Whatever
+    word split is drawn, the suffix names the colour and/or the shape, which only the image tokens tell."""
+    from train.data import clean_caption, encode_image_sample
+    rows = easy_vqa_captions()
+    g = torch.Generator().manual_seed(seed)
+    colours = sorted({c for _, c, _ in rows})
+    shapes = sorted({s for _, _, s in rows})
+    emb = {name: torch.randn(dim, generator=g) for name in colours + shapes}
+    pos = torch.randn(65, dim, generator=g)
+    samples = []
+    for image_id, colour, shape in rows[:n_train + n_val]:
+        tokens = emb[colour] + emb[shape] + 0.3 * pos + 0.1 * torch.randn(65, dim, generator=g)
+        samples.append(encode_image_sample(f"evqa{image_id}", clean_caption(template.format(colour=colour, shape=shape)),
+                                           tokens, {"colour": colour, "shape": shape}, torch.float32))
+    return _write_shards(folder, samples, n_train, shard_size, dim)
 
 
 def run(args: list[str], timeout: float = 300, env: dict | None = None, **kw) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-// ThinkDiff: dynamic image slots on "VLM Encode Multimodal" (ThinkDiffVLMEncode).
+// ThinkDiff: dynamic image slots on "VLM Encode Multimodal" (ThinkDiffVLMEncode) and "Encode Images (ThinkDiff-CLIP)" (ThinkDiffEncodeImages).
 //
 // Two forms of the node definition, by ComfyUI version (nodes/encode.py decides by feature check):
 // * ComfyUI with the V3 Autogrow input (0.33.0): the definition declares one growing group "images"
@@ -14,7 +14,8 @@
 //   Workflows saved by a newer ComfyUI (images.image_N) get their slots renamed to image_N on load.
 import { app } from "../../scripts/app.js";
 
-const NODE_TYPE = "ThinkDiffVLMEncode";
+// the nodes with growing image inputs (nodes/encode.py IMAGE_NODE_IDS)
+const NODE_TYPES = new Set(["ThinkDiffVLMEncode", "ThinkDiffEncodeImages"]);
 const GROUP = "images";
 const IMAGE_RE = /^image_(\d+)$/;
 // image_N / images.image_N, and the names of early versions of the node: image (= image_1), image2, ...
@@ -113,7 +114,7 @@ function syncImageSlots(node, max, all = false) {
 app.registerExtension({
     name: "thinkdiff.dynamicImageSlots",
     async beforeRegisterNodeDef(nodeType, nodeData) {
-        if (nodeData?.name !== NODE_TYPE) return;
+        if (!NODE_TYPES.has(nodeData?.name)) return;
         if (growsNatively(nodeData)) {
             // the frontend grows the slots; only older workflows' slot names need mapping
             const configure = nodeType.prototype.configure;
