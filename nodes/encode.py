@@ -82,7 +82,7 @@ def check_aligners_downstream(prompt: dict | None, node_id: str | None, vlm) -> 
     width). Otherwise the mismatch would surface only after the VLM has generated."""
     import folder_paths
     from ..thinkdiff_core.checkpoint import peek_dims
-    from ..thinkdiff_core.conditioning import check_compatible, check_output_width
+    from ..thinkdiff_core.conditioning import check_lvlm_aligner, check_output_width
     from ..thinkdiff_core.release import ALIGNER_FOLDER
     if not isinstance(prompt, dict) or node_id is None:
         return
@@ -100,7 +100,7 @@ def check_aligners_downstream(prompt: dict | None, node_id: str | None, vlm) -> 
         if path is None:
             raise FileNotFoundError(C.missing_aligner(name))
         in_dim, out_dim = peek_dims(path)
-        check_compatible(in_dim, vlm.encoder.hidden_size, name, vlm.name)
+        check_lvlm_aligner(in_dim, vlm.encoder.hidden_size, vlm.name, name)
         check_output_width(out_dim, name)
 
 

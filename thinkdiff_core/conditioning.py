@@ -136,13 +136,21 @@ def check_embeds_kind(aligner_in_dim: int, embeds, aligner_name: str = "", align
                 f"which reads {CLIP_VISION_NAME}'s {CLIP_VISION_HIDDEN}-wide tokens), or feed this aligner from "
                 f"VLM Encode Multimodal")
         return
+    check_lvlm_aligner(aligner_in_dim, embeds.hidden_size, embeds.source, aligner_name, aligner_variant)
+
+
+def check_lvlm_aligner(aligner_in_dim: int, vlm_hidden: int, vlm_name: str = "", aligner_name: str = "",
+                       aligner_variant: str = "") -> None:
+    """A clear error when an aligner cannot read this VLM's rows: a ThinkDiff-CLIP aligner, or another width
+    (with the hint that a CLIP aligner belongs after Encode Images)."""
+    aligner = f"the aligner '{aligner_name}'" if aligner_name else "the aligner"
     if aligner_variant == "clip":
         raise IncompatibleError(
-            f"these are {KIND_LVLM} embeds (the VLM '{embeds.source}') but {aligner} is a {KIND_CLIP} aligner "
+            f"these are {KIND_LVLM} embeds (the VLM '{vlm_name}') but {aligner} is a {KIND_CLIP} aligner "
             f"(it reads image tokens of a BLIP-2 vision encoder). Load a {KIND_LVLM} aligner ({ALIGNER_LVLM_FILE}), "
             f"or feed this aligner from Encode Images (ThinkDiff-CLIP)")
     try:
-        check_compatible(aligner_in_dim, embeds.hidden_size, aligner_name, embeds.source)
+        check_compatible(aligner_in_dim, vlm_hidden, aligner_name, vlm_name)
     except IncompatibleError as e:
         raise IncompatibleError(f"{e}. If it is a {KIND_CLIP} aligner ({ALIGNER_CLIP_FILE}), feed it the "
                                 f"image tokens of Encode Images (ThinkDiff-CLIP) instead") from None

@@ -88,6 +88,13 @@ def expected_token_sums(server, image_files) -> torch.Tensor:
         return aligner(enc.encode(imgs).tokens).reshape(-1, 4096).sum(-1)
 
 
+def as_png(server, name: str) -> str:
+    from PIL import Image
+    png = os.path.splitext(name)[0] + "_lossless.png"
+    Image.open(os.path.join(server.base_dir, "input", name)).convert("RGB").save(os.path.join(server.base_dir, "input", png))
+    return png
+
+
 def test_65_tokens_per_image_in_input_order(server, client, frontend, object_info):
     """The conditioning is [65 tokens of image 1 ; 65 of image 2 ; 128 text tokens], each block equal to the
     aligned tokens of that image computed outside the server; swapping image_1 and image_2 swaps the blocks.
@@ -96,7 +103,10 @@ def test_65_tokens_per_image_in_input_order(server, client, frontend, object_inf
     enc = base[node_id(base, "ThinkDiffEncodeImages")]["inputs"]
     names = sorted(k for k in enc if k.rsplit(".", 1)[-1].startswith("image_"))
     assert len(names) == 2, enc
-    files = [base[enc[n][0]]["inputs"]["image"] for n in names]
+    # lossless copies: ComfyUI 0.33.0's LoadImage decodes JPEG with PyAV, whose pixels differ slightly from PIL's
+    files = [as_png(server, base[enc[n][0]]["inputs"]["image"]) for n in names]
+    for n, f in zip(names, files):
+        base[enc[n][0]]["inputs"]["image"] = f
     info = conditioning_info(client, base)
     assert info["shape"] == [1, 2 * 65 + 128, 4096] and info["pooled_shape"] == [1, 768] and info["guidance"] == 3.5
     want = expected_token_sums(server, files)
