@@ -17,11 +17,18 @@ tokenizer), distilled guidance 3.5, 28 steps, 512x512 for the in-context preset 
     out = generate(pipe, vlm, aligner.to("cuda"), images=[img1, img2], text="white, red, black", preset="in_context")
     out.image.save("out.png"); print(out.text)
 
-Two steps, so that other variants plug in: :func:`lvlm_conditioning` builds a
-:class:`~thinkdiff_core.conditioning.FluxConditioning` (aligned tokens + pooled vector + guidance) with
-:mod:`thinkdiff_core.conditioning`, and :func:`run_flux` hands any such conditioning to the pipeline. The CLIP
-variant (image tokens before FLUX-T5 text, pooled = CLIP-L of the prompt) is meant to build its own
-FluxConditioning, using :func:`clip_pooled` with its prompt, and call :func:`run_flux` unchanged.
+ThinkDiff-CLIP (docs/method.md §4.2) needs no VLM: :func:`generate_clip` reads the images with BLIP-2's vision
+tower (:class:`~thinkdiff_core.vision.VisionEncoder`), puts their aligned tokens before the pipeline's own T5
+encoding of the text (128 tokens) and uses that text's CLIP-L pooled vector; 28 steps, guidance 3.5,
+1024x1024, as the official scripts::
+
+    vision = VisionEncoder.from_pretrained("blip2-flan-t5-xxl", dtype="bf16", device="cuda")
+    aligner, _ = load_aligner("thinkdiff_clip.pth")
+    out = generate_clip(pipe, vision, aligner.to("cuda"), images=[img1, img2], text="in a snowy forest")
+
+Two steps, one per variant: :func:`lvlm_conditioning` / :func:`clip_conditioning` build a
+:class:`~thinkdiff_core.conditioning.FluxConditioning` (tokens + pooled vector + guidance) with
+:mod:`thinkdiff_core.conditioning`, and :func:`run_flux` hands any such conditioning to the pipeline.
 
 diffusers is imported only inside these functions (``pip install thinkdiff[diffusers]``); importing
 this module, like ``import thinkdiff_core``, does not need it.
@@ -33,11 +40,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from .conditioning import DEFAULT_GUIDANCE, FluxConditioning, ThinkDiffEmbeds, build_flux_conditioning
+from .conditioning import (CLIP_TEXT_TOKENS, DEFAULT_GUIDANCE, FluxConditioning, ImageEmbeds, ThinkDiffEmbeds,
+                           build_clip_conditioning, build_flux_conditioning)
 from .prompts import Prompt, build_prompt
 
 if TYPE_CHECKING:
     from .aligner import Aligner
+    from .vision import VisionEncoder
     from .vlm import VLMEncoder, VLMOutput
 
 # The official inference settings (docs/method.md §4.1): FLUX-dev distilled guidance 3.5, 28 steps,
@@ -60,9 +69,9 @@ def default_size(preset: str) -> int:
 @dataclass
 class ThinkDiffOutput:
     image: Any                      # PIL image (or what output_type asked for)
-    text: str                       # the VLM's generated text
+    text: str                       # the VLM's generated text (ThinkDiff-CLIP: the user's text)
     conditioning: FluxConditioning  # what FLUX got: tokens [1, N, C], pooled [1, 768], guidance
-    vlm: "VLMOutput"                # the VLM's raw output (ids, rows, rendered prompt)
+    vlm: "VLMOutput | None"         # the VLM's raw output (ids, rows, rendered prompt); None for ThinkDiff-CLIP
 
 
 def _require_diffusers():
@@ -162,3 +171,39 @@ def generate_from_text(pipe, prompt: str, *, guidance: float = DEFAULT_GUIDANCE,
     generator = torch.Generator("cpu").manual_seed(int(seed)) if seed is not None else None
     return pipe(prompt=prompt, guidance_scale=float(guidance), num_inference_steps=int(num_inference_steps),
                 height=int(height), width=int(width), generator=generator, **pipe_kwargs).images[0]
+
+
+@torch.inference_mode()
+def flux_text(pipe, text: str = "", max_sequence_length: int = CLIP_TEXT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pipeline's own encoding of ``text``: T5 states [1, max_sequence_length, C] (padded, as
+    ``FluxPipeline.encode_prompt`` pads) and CLIP-L's pooled vector [1, 768]."""
+    if getattr(pipe, "text_encoder_2", None) is None or getattr(pipe, "tokenizer_2", None) is None:
+        raise ValueError("the pipeline has no T5 text encoder/tokenizer (text_encoder_2/tokenizer_2 are None); "
+                         "ThinkDiff-CLIP puts FLUX's own T5 encoding of the text after the image tokens: load the "
+                         "pipeline with them")
+    t5 = pipe._get_t5_prompt_embeds(prompt=text, max_sequence_length=int(max_sequence_length),
+                                    device=pipe._execution_device)
+    return t5.float(), clip_pooled(pipe, text)
+
+
+def clip_conditioning(pipe, aligner: "Aligner", tokens: torch.Tensor, text: str = "", *, source: str = "",
+                      aligner_variant: str = "", guidance: float = DEFAULT_GUIDANCE) -> FluxConditioning:
+    """ThinkDiff-CLIP conditioning for this pipeline: ``[aligned tokens of each image (65) ; the pipeline's T5
+    encoding of text (128)]`` with text's CLIP-L pooled vector. tokens: the vision encoder's [k, 65, D]."""
+    t5, pooled = flux_text(pipe, text)
+    return build_clip_conditioning(aligner, ImageEmbeds(tokens=tokens, source=source), text=t5, text_pooled=pooled,
+                                   aligner_variant=aligner_variant, guidance=guidance)
+
+
+def generate_clip(pipe, vision: "VisionEncoder", aligner: "Aligner", images: Sequence[Any], text: str = "", *,
+                  aligner_variant: str = "", guidance: float = DEFAULT_GUIDANCE,
+                  num_inference_steps: int = DEFAULT_STEPS, height: int = DEFAULT_SIZE, width: int = DEFAULT_SIZE,
+                  seed: int | None = DEFAULT_SEED, **pipe_kwargs) -> ThinkDiffOutput:
+    """ThinkDiff-CLIP end to end on a diffusers FluxPipeline: images (in order) + an optional text; the
+    official settings by default (28 steps, guidance 3.5, 1024x1024, seed 42)."""
+    tokens = vision.encode(list(images)).tokens
+    cond = clip_conditioning(pipe, aligner, tokens, text, source=vision.name, aligner_variant=aligner_variant,
+                             guidance=guidance)
+    image = run_flux(pipe, cond, num_inference_steps=num_inference_steps, height=height, width=width, seed=seed,
+                     **pipe_kwargs)
+    return ThinkDiffOutput(image=image, text=text, conditioning=cond, vlm=None)

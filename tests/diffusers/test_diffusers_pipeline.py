@@ -80,3 +80,31 @@ def test_diffusers_is_imported_lazily():
             "assert 'diffusers' not in sys.modules, 'diffusers imported at package import'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_clip_variant_is_image_tokens_then_the_pipelines_own_t5_text(pipe, photos, tmp_path):
+    """ThinkDiff-CLIP on the pipeline (docs/method.md §4.2): [65 aligned tokens per image, in order ; the
+    pipeline's T5 encoding of the text, 128 tokens] with the text's CLIP-L pooled vector; the image equals the
+    pipeline called directly with those embeddings."""
+    from thinkdiff_core.tiny import build_tiny_aligner, build_tiny_blip2_vision
+    from thinkdiff_core.vision import VisionEncoder
+    vision = VisionEncoder.from_pretrained(build_tiny_blip2_vision(tmp_path / "blip2"), dtype="fp32")
+    aligner = build_tiny_aligner(vision.hidden_size, out_dim=pipe.transformer.config.joint_attention_dim, hidden_dim=64)
+    text = "a cat on a sofa"
+    out = dp.generate_clip(pipe, vision, aligner, photos, text, num_inference_steps=STEPS, height=SIZE, width=SIZE,
+                           seed=7)
+    with torch.no_grad():
+        image_tokens = aligner(vision.encode(photos).tokens)              # [2, 65, C]
+        t5, pooled, _ = pipe.encode_prompt(prompt=text, prompt_2=text, max_sequence_length=128)
+    expected = torch.cat([image_tokens[0], image_tokens[1], t5[0]]).unsqueeze(0)
+    assert out.conditioning.tokens.shape == (1, 2 * 65 + 128, pipe.transformer.config.joint_attention_dim)
+    assert torch.allclose(out.conditioning.tokens, expected, atol=1e-6)
+    assert torch.allclose(out.conditioning.pooled, pooled) and out.vlm is None and out.text == text
+    direct = pipe(prompt_embeds=expected, pooled_prompt_embeds=pooled, guidance_scale=3.5, num_inference_steps=STEPS,
+                  height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(7)).images[0]
+    assert np.array_equal(np.asarray(out.image), np.asarray(direct))
+    # the images matter, and an LVLM aligner is refused with the variant's message
+    swapped = dp.clip_conditioning(pipe, aligner, vision.encode(photos[::-1]).tokens, text)
+    assert not torch.allclose(swapped.tokens[:, :65], out.conditioning.tokens[:, :65])
+    with pytest.raises(Exception, match="ThinkDiff-LVLM aligner"):
+        dp.clip_conditioning(pipe, aligner, vision.encode(photos).tokens, text, aligner_variant="lvlm")
