@@ -75,6 +75,10 @@ class FitConfig:
     max_label_len: int = opt(128, "T5 label tokens (incl. </s>) per sample")
     max_text_len: int = opt(32, "ThinkDiff-CLIP data: T5 tokens (incl. </s>) of the caption prefix and of the "
                                 "suffix labels (paper: 32); max_split and max_label_len are LVLM-only")
+    encoder_term: float = opt(0.0, "weight of an extra term, not in the paper (an ablation): 1 - cosine between the "
+                                   "mean aligned row and the mean frozen T5 *encoder* state of the same rows' text "
+                                   "(pulls the aligned tokens toward the space the image model read in training); "
+                                   "0 = the paper's decoder loss only. Validation reports the decoder loss either way")
     # optimisation (docs/method.md §2.5)
     batch_size: int = opt(32, "samples per process per micro-step (paper: 32 per GPU)")
     grad_accum: int = opt(1, "micro-steps per optimizer step")

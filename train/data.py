@@ -398,8 +398,12 @@ def collate(items: list[tuple[Sample, int]], qwen_tok, t5_tok, max_label_len: in
     for b, p in enumerate(prefixes):
         prefix[b, :p.shape[0]] = p
         mask[b, :p.shape[0]] = 1
+    # the prefix rows' own text in T5 tokens: only the optional encoder-side term (fit --encoder-term) reads it
+    pre = t5_tok(qwen_tok.batch_decode([s.ids[:k] for s, k in items], skip_special_tokens=True), padding="longest",
+                 truncation=True, max_length=max_label_len, add_special_tokens=True, return_tensors="pt")
     return {"prefix": prefix, "prefix_mask": mask, "labels": labels, "decoder_input_ids": dec_in,
-            "decoder_attention_mask": enc["attention_mask"], "texts": texts}
+            "decoder_attention_mask": enc["attention_mask"], "texts": texts,
+            "prefix_text_ids": pre["input_ids"], "prefix_text_mask": pre["attention_mask"]}
 
 
 def collate_clip(items: list[tuple[Sample, int]], t5_tok, max_text_len: int) -> dict:

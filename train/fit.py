@@ -91,6 +91,19 @@ def batch_loss(aligner, decoder, batch: dict, device, reduction: str = "mean") -
     return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction)
 
 
+def encoder_term(aligner, decoder, batch: dict, device) -> torch.Tensor:
+    """1 - cosine between the mean aligned prefix row and the mean frozen T5 *encoder* state of the prefix's own
+    text (cfg.encoder_term; an ablation, not the paper's objective)."""
+    memory = aligner(batch["prefix"].to(device, non_blocking=True))
+    mask = batch["prefix_mask"].to(device).unsqueeze(-1).to(memory.dtype)
+    text_mask = batch["prefix_text_mask"].to(device)
+    target = decoder.encode(batch["prefix_text_ids"].to(device), text_mask)
+    tm = text_mask.unsqueeze(-1).to(target.dtype)
+    a = (memory * mask).sum(1) / mask.sum(1).clamp_min(1)
+    t = (target * tm).sum(1) / tm.sum(1).clamp_min(1)
+    return (1 - F.cosine_similarity(a.float(), t.float(), dim=-1)).mean()
+
+
 def rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -307,6 +320,8 @@ def train_step(model, decoder, train_batches, optimizer, scheduler, accelerator,
         with sync:
             with autocast():
                 loss = batch_loss(model, decoder, batch, device)
+                if cfg.encoder_term:
+                    loss = loss + cfg.encoder_term * encoder_term(model, decoder, batch, device)
             accelerator.backward(loss / cfg.grad_accum)
         loss_sum += loss.detach()
     lr = optimizer.param_groups[0]["lr"]
@@ -355,7 +370,10 @@ def fit(cfg: FitConfig) -> dict:
 
     # frozen T5 decoder (CLIP: and encoder); the aligner's norm starts from the T5 encoder's final norm
     # (docs/method.md §1.1)
-    decoder, t5_norm = load_t5_decoder(cfg.t5, dtype=dec_dtype, device=device, with_encoder=variant == CLIP)
+    decoder, t5_norm = load_t5_decoder(cfg.t5, dtype=dec_dtype, device=device, with_encoder=variant == CLIP or bool(cfg.encoder_term))
+    if cfg.encoder_term and variant == CLIP:
+        raise ValueError("--encoder-term is for ThinkDiff-LVLM data (the prefix rows' own text); these shards are "
+                         "ThinkDiff-CLIP image tokens")
     dims = [feature_dim(shards[0]), cfg.hidden_dim or decoder.d_model, decoder.d_model]
     torch.manual_seed(cfg.seed)                                  # identical init on every process
     aligner = Aligner(dims[0], dims[2], dims[1])

@@ -21,7 +21,7 @@ import torch
 from tests.train.train_helpers import PY, REPO, log_records, run
 from train import checkpoint
 from train.data import Sample, collate, draw_split, read_feature_shard
-from train.fit import batch_loss, fit
+from train.fit import batch_loss, encoder_term, fit
 from train.t5 import load_t5_decoder
 
 
@@ -68,6 +68,23 @@ def test_aligner_alone_learns_and_uses_the_features(fit_cfg, tiny, learn_data):
         mismatched = batch_loss(r["aligner"], r["decoder"], collate(swapped, tiny.qwen_tok, tiny.t5_tok, 128), "cpu").item()
     print(f"held-out loss with its own features {matched:.2f}, with another caption's features {mismatched:.2f}")
     assert matched < 0.75 * mismatched
+
+
+def test_encoder_term_pulls_the_aligned_rows_toward_the_t5_encoder(fit_cfg, tiny, learn_data, tmp_path):
+    """fit --encoder-term (an ablation, off by default): the aligned prefix rows move toward the frozen T5
+    encoder's states of their own text, which the decoder loss alone does not ask for."""
+    items = [(s, draw_split(len(s.ids), 128, s.key)) for s in read_feature_shard(learn_data["val"])]
+    batch = collate(items, tiny.qwen_tok, tiny.t5_tok, 128)
+    assert batch["prefix_text_ids"].shape[0] == len(items)
+    gaps = {}
+    for w in (0.0, 5.0):
+        r = fit(dataclasses.replace(fit_cfg, out=str(tmp_path / f"w{w}"), max_steps=40, val_interval=0,
+                                    ckpt_interval=1000, encoder_term=w))
+        decoder, _ = load_t5_decoder(tiny.t5, with_encoder=True)
+        with torch.no_grad():
+            gaps[w] = encoder_term(r["aligner"], decoder, batch, "cpu").item()
+    print(f"1 - cosine to the T5 encoder states: decoder loss only {gaps[0.0]:.3f}, with the term {gaps[5.0]:.3f}")
+    assert gaps[5.0] < gaps[0.0] - 0.1
 
 
 def test_aligner_norm_starts_from_the_t5_encoder_final_norm(fit_cfg, tiny):
