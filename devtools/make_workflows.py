@@ -260,7 +260,7 @@ Text = one word per image, then the query word: "red, blue, green" with a red an
 a green circle; "circle, triangle, rectangle" with two shapes of one colour asks for a rectangle of it.
 The VLM's answer is shown in the Preview node; the aligner maps its tokens into the T5 space the image
 model reads. {MINI_STEPS} euler steps, cfg {MINI_CFG} against a zeroed conditioning, {MINI_SIZE}x{MINI_SIZE} pixels
-(scaled x8 for viewing). No CLIP is needed: the mini image model ignores the pooled vector."""
+(scaled x{256 // MINI_SIZE} for viewing). No CLIP is needed: the mini image model ignores the pooled vector."""
 
 
 def mini_spec() -> list[dict]:
@@ -296,7 +296,7 @@ def mini_spec() -> list[dict]:
         {"key": "decode", "type": "VAEDecode", "pos": [1420, 280],
          "links": {"samples": ["sampler", 0], "vae": ["vae", 0]}},
         {"key": "scale", "type": "ImageScaleBy", "pos": [1420, 380],
-         "widgets": {"upscale_method": "nearest-exact", "scale_by": 8.0}, "links": {"image": ["decode", 0]}},
+         "widgets": {"upscale_method": "nearest-exact", "scale_by": float(256 // MINI_SIZE)}, "links": {"image": ["decode", 0]}},
         {"key": "save", "type": "SaveImage", "pos": [1680, 280], "size": [300, 340],
          "widgets": {"filename_prefix": "ThinkDiff/thinkdiff_mini_in_context"}, "links": {"images": ["scale", 0]}},
     ]

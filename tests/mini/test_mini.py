@@ -79,8 +79,9 @@ def test_workflow_in_comfyui_matches_the_evaluation(mini, tmp_path):
     node_text = (out / "thinkdiff_mini_in_context.txt").read_text().strip()
     node_img = np.asarray(Image.open(out / "thinkdiff_mini_in_context.png").convert("RGB"))
     size = mini_eval.IMAGE_SIZE
-    assert node_img.shape == (size * 8, size * 8, 3)
-    node_img = node_img[4::8, 4::8]     # undo the x8 nearest upscale
+    k = 256 // size                     # the workflow's nearest upscale for viewing
+    assert node_img.shape == (size * k, size * k, 3)
+    node_img = node_img[k // 2::k, k // 2::k]
 
     # the evaluation's path with the workflow's inputs: the two example images, "red, blue, green", seed 0
     from thinkdiff_core.checkpoint import load_aligner

@@ -4,7 +4,7 @@
 
 Stages (each skipped when its output exists, so an interrupted build continues where it stopped):
   1. judge        a CNN reading colour and shape, trained on real images only
-  2. autoencoder  TAESD layout (ComfyUI's "Load VAE" detects it), 32x32 images <-> 16x4x4 latents
+  2. autoencoder  TAESD layout (ComfyUI's "Load VAE" detects it), 64x64 images <-> 16x8x8 latents
   3. t5           tiny flan-T5 layout + the real T5 tokenizer, autoencodes the captions
   4. image model  tiny SD3-layout MMDiT ("Load Diffusion Model" detects it), rectified flow on the
                   latents, conditioned ONLY on the tiny T5's encoder states of captions
@@ -29,16 +29,18 @@ from thinkdiff_core.release import MINI_CONTEXT_DIM
 
 from . import data
 
-IMAGE_SIZE = 32                  # generated / judged images (latents 4x4)
+IMAGE_SIZE = 64                  # easy-vqa's own size; latents 8x8 (the judge reads them at 32)
+# what the stages' outputs depend on beyond the sizes: a build folder made with other values is refused
+FORMAT = {"format": 2, "image_size": IMAGE_SIZE}
 
 
 @dataclass(frozen=True)
 class Sizes:
     judge_steps: int = 800
-    ae_steps: int = 1200
+    ae_steps: int = 2000
     t5_steps: int = 300
     t5_dim: int = MINI_CONTEXT_DIM    # the nodes accept an aligner of this output width (thinkdiff_core.release)
-    dit_steps: int = 3000
+    dit_steps: int = 10000
     dit_depth: int = 2
     dit_batch: int = 64
     vlm_steps: int = 1500
@@ -67,6 +69,7 @@ ABLATIONS = {
     "no_decoder_dropout": ["--decoder-dropout", "false"],
     "hidden_64": ["--aligner-hidden", "64"],          # capacity
     "hidden_1024": ["--aligner-hidden", "1024"],
+    "encoder_term": ["--encoder-term", "1.0"],        # + a pull toward the T5 encoder's states of the caption
 }
 
 
@@ -115,6 +118,25 @@ def _stage(name: str, out: str, log, fn) -> None:
     metrics = fn(tmp) or {}
     os.replace(tmp, out)
     log({"stage": name, "seconds": round(time.time() - t, 1), **metrics})
+
+
+def check_format(out: str, size: str) -> None:
+    """The stages are resumed from what `out` holds: refuse a folder built by another version of this code
+    (e.g. 32-pixel models) instead of mixing its models with new ones."""
+    info = os.path.join(out, "format.json")
+    want = {**FORMAT, "size": size}
+    if os.path.exists(info):
+        with open(info) as f:
+            have = json.load(f)
+        if have != want:
+            raise RuntimeError(f"{out} holds a ThinkDiff-mini build of another kind ({have}; this code builds "
+                               f"{want}): delete that folder (it is only a cache) or give another --out")
+    elif any(not n.startswith(".") for n in os.listdir(out)):
+        raise RuntimeError(f"{out} is not empty and has no format.json (an older ThinkDiff-mini build?): delete "
+                           f"it or give another --out")
+    else:
+        with open(info, "w") as f:
+            json.dump(want, f)
 
 
 def load_dit(path: str):
@@ -185,6 +207,7 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
         sizes = replace(sizes, seeds=sizes.seeds[:1], ablations=False)
     p = Paths(out)
     os.makedirs(p.out, exist_ok=True)
+    check_format(p.out, size)
     log = log or _log_to(p.log)
     log({"event": "build", "size": size, "sizes": asdict(sizes), "threads": torch.get_num_threads()})
     train_items, test_items = data.load("train"), data.load("test")
@@ -205,12 +228,16 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
     # 2. autoencoder
     def ae_stage(tmp):
         from .image import train_autoencoder
+        from .judge import score
         ae = train_autoencoder(images, sizes.ae_steps, log=log)
         _save_file(ae.comfy_state_dict(), tmp)
         test = data.image_tensor(test_items, IMAGE_SIZE)
         with torch.no_grad():
             rec = ae.decode(ae.encode(test)).clamp(0, 1)
-        return {"test_mse": round((rec - test).pow(2).mean().item(), 5)}
+        # the autoencoder's ceiling: the judge on reconstructions of real held-out images
+        ceiling = score(load_judge(p.judge).predict(rec), data.labels(test_items))
+        return {"test_mse": round((rec - test).pow(2).mean().item(), 5),
+                **{f"reconstruction_{k}": v for k, v in ceiling.items()}}
     _stage("autoencoder", p.vae, log, ae_stage)
     if stop_after == "autoencoder":
         return p

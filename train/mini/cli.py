@@ -27,6 +27,7 @@ ABLATION_TEXT = {
     "no_decoder_dropout": "T5 decoder dropout off while fitting",
     "hidden_64": "aligner hidden width 64 (default 256)",
     "hidden_1024": "aligner hidden width 1024 (default 256)",
+    "encoder_term": "+ encoder-side term (fit --encoder-term 1: aligned rows pulled toward the T5 encoder's states of their text)",
 }
 
 
@@ -41,9 +42,11 @@ def results_table(res: dict, command: str) -> str:
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads. Size `{res['size']}`: n = {res['n']} held-out cases per condition, "
              f"{res['steps']} euler steps, CFG {res['cfg']}. Each cell: colour / shape / **both** (%), judged by a "
-             f"CNN trained on real easy-vqa images only; chance is 12.5 / 33.3 / 4.2.", "",
+             f"CNN trained on real easy-vqa images only (with random blur); chance is 12.5 / 33.3 / 4.2.", "",
              "| condition | colour / shape / both |", "|---|---|",
              f"| caption → tiny T5 encoder (upper bound) | {_pct(c['caption'])} |"]
+    if "reconstruction" in c:
+        lines.insert(-1, f"| the autoencoder's reconstructions of the real images (its ceiling) | {_pct(c['reconstruction'])} |")
     a, ic = c["aligned"], c["in_context"]
     lines += [f"| **aligned**: image → tiny Qwen2-VL caption → aligner → image model (mean of {a['seeds']} aligner "
               f"seeds; both ranges {100 * a['both_min']:.1f}–{100 * a['both_max']:.1f}) | {_pct(a)} |",

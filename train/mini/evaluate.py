@@ -66,7 +66,7 @@ def parse_text(text: str) -> tuple[int, int]:
 
 @torch.no_grad()
 def generate(dit, vae, contexts: list[torch.Tensor], seeds: list[int]) -> torch.Tensor:
-    """Images [N, 3, 32, 32] from contexts [1, T_i, C]; cases with equal T are batched (no padding, so
+    """Images [N, 3, IMAGE_SIZE, IMAGE_SIZE] from contexts [1, T_i, C]; cases with equal T are batched (no padding, so
     each is what a batch-1 ComfyUI run computes)."""
     latent = IMAGE_SIZE // 8
     out: list = [None] * len(contexts)
@@ -120,6 +120,10 @@ def evaluate(out: str, size: str = "full", log=print) -> dict:
         return {"images": imgs, **r}
 
     with torch.no_grad():
+        real = data.image_tensor([it for it, _ in cap_cases], IMAGE_SIZE)
+        r = score(judge.predict(vae.decode(vae.encode(real))), cap_target)
+        results["conditions"]["reconstruction"] = r
+        log(f"  autoencoder reconstructions: colour {r['colour']:.3f} shape {r['shape']:.3f} both {r['both']:.3f}")
         enc = lambda text: t5(**tok([text], return_tensors="pt")).last_hidden_state   # noqa: E731
         log("caption -> T5 encoder (upper bound)")
         cap_ctx = [enc(data.caption(it.colour, it.shape)) for it, _ in cap_cases]
