@@ -116,3 +116,17 @@ def test_mini_sampler_matches_comfyui_schedule():
     assert len(s) == 21 and float(s[0]) == pytest.approx(1.0) and float(s[-1]) == 0.0
     assert float(s[10]) == pytest.approx(3 * 0.5 / (1 + 2 * 0.5), abs=1e-6)
     assert torch.all(s[1:] < s[:-1])
+
+
+def test_a_build_folder_of_another_format_is_refused(tmp_path):
+    """The stages resume from what the folder holds: models of another format (e.g. the 32-pixel ones) are not
+    mixed with new ones."""
+    mini_build.check_format(str(tmp_path), "ci")                       # empty: claimed
+    mini_build.check_format(str(tmp_path), "ci")                       # the same format: accepted
+    with pytest.raises(RuntimeError, match="another kind"):
+        mini_build.check_format(str(tmp_path), "full")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "vae.safetensors").write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="no format.json"):
+        mini_build.check_format(str(old), "ci")
