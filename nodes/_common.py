@@ -113,6 +113,27 @@ class PatcherModule(torch.nn.Module):
         self.device = device
 
 
+def load_for_comfy(load, dtype: str):
+    """Build a transformers-backed encoder on ComfyUI's offload device and wrap its model in a ModelPatcher, so
+    core's memory manager moves it to the GPU when it runs. ``load(torch_dtype, device)`` returns an object with
+    ``.model``; "auto" dtype follows ComfyUI's own judgement of the device. Returns (encoder, patcher,
+    torch_dtype, load_device)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    from ..thinkdiff_core import dtypes
+    load_device = mm.get_torch_device()
+    offload_device = mm.text_encoder_offload_device()
+    torch_dtype = dtypes.resolve_dtype(
+        dtype, load_device, bf16_supported=mm.should_use_bf16(load_device, prioritize_performance=False),
+        fp16_supported=mm.should_use_fp16(load_device, prioritize_performance=False))
+    with user_errors():
+        encoder = load(torch_dtype, offload_device)
+    patcher = comfy.model_patcher.ModelPatcher(PatcherModule(encoder.model, offload_device),
+                                               load_device=load_device, offload_device=offload_device)
+    return encoder, patcher, torch_dtype, load_device
+
+
 @contextmanager
 def user_errors():
     """The core's errors reach the UI as the builtin type they derive from, with their message.

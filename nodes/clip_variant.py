@@ -48,22 +48,13 @@ class LoadThinkDiffVisionEncoder(io.ComfyNode):
 
     @classmethod
     def execute(cls, vision_name, dtype, keep_loaded) -> io.NodeOutput:
-        import comfy.model_management as mm
-        import comfy.model_patcher
         from ..thinkdiff_core.vision import VisionEncoder
         path = C.vlm_path(vision_name, CLIP_VISION_FOLDER)
         if path is None:
             raise FileNotFoundError(f"vision encoder folder '{vision_name}' not found in models/{CLIP_VISION_FOLDER}. "
                                     f"{C.where_vision()}.")
-        load_device = mm.get_torch_device()
-        offload_device = mm.text_encoder_offload_device()
-        torch_dtype = dtypes.resolve_dtype(
-            dtype, load_device, bf16_supported=mm.should_use_bf16(load_device, prioritize_performance=False),
-            fp16_supported=mm.should_use_fp16(load_device, prioritize_performance=False))
-        with C.user_errors():
-            encoder = VisionEncoder.from_pretrained(path, dtype=torch_dtype, device=offload_device)
-        patcher = comfy.model_patcher.ModelPatcher(C.PatcherModule(encoder.model, offload_device),
-                                                   load_device=load_device, offload_device=offload_device)
+        encoder, patcher, torch_dtype, load_device = C.load_for_comfy(
+            lambda dt, device: VisionEncoder.from_pretrained(path, dtype=dt, device=device), dtype)
         C.log.info("ThinkDiff: loaded vision encoder %s (%s, hidden size %d; runs on %s)", vision_name, torch_dtype,
                    encoder.hidden_size, load_device)
         return io.NodeOutput(LoadedVision(encoder=encoder, patcher=patcher, name=os.path.basename(vision_name),

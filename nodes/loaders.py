@@ -81,22 +81,12 @@ class LoadThinkDiffVLM(io.ComfyNode):
 
     @classmethod
     def execute(cls, vlm_name, dtype, keep_loaded) -> io.NodeOutput:
-        import comfy.model_management as mm
-        import comfy.model_patcher
         from ..thinkdiff_core.vlm import VLMEncoder
         path = C.vlm_path(vlm_name)
         if path is None:
             raise FileNotFoundError(f"VLM folder '{vlm_name}' not found in models/{VLM_FOLDER}. {C.where_vlm()}.")
-        load_device = mm.get_torch_device()
-        offload_device = mm.text_encoder_offload_device()
-        # "auto" follows ComfyUI's own judgement of the device
-        torch_dtype = dtypes.resolve_dtype(
-            dtype, load_device, bf16_supported=mm.should_use_bf16(load_device, prioritize_performance=False),
-            fp16_supported=mm.should_use_fp16(load_device, prioritize_performance=False))
-        with C.user_errors():
-            encoder = VLMEncoder.from_pretrained(path, dtype=torch_dtype, device=offload_device)
-        patcher = comfy.model_patcher.ModelPatcher(C.PatcherModule(encoder.model, offload_device),
-                                                   load_device=load_device, offload_device=offload_device)
+        encoder, patcher, torch_dtype, load_device = C.load_for_comfy(
+            lambda dt, device: VLMEncoder.from_pretrained(path, dtype=dt, device=device), dtype)
         C.log.info("ThinkDiff: loaded VLM %s (%s, hidden size %d; runs on %s)", vlm_name, torch_dtype,
                    encoder.hidden_size, load_device)
         return io.NodeOutput(LoadedVLM(encoder=encoder, patcher=patcher, name=os.path.basename(vlm_name),
