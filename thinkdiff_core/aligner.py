@@ -41,6 +41,20 @@ class Aligner(nn.Module):
         self.norm.weight.copy_(weight.to(self.norm.weight))
         return self
 
+    @torch.no_grad()
+    def fold_input_standardisation(self, mean: torch.Tensor, std: torch.Tensor) -> "Aligner":
+        """Make this aligner take raw features when it was trained on (features - mean) / std: the first
+        Linear becomes W / std, b - W (mean / std). Exact; the layout (and checkpoint format) is unchanged."""
+        first = self.mm_projector[0]
+        mean, std = mean.to(first.weight), std.to(first.weight)
+        if tuple(mean.shape) != (self.in_dim,) or tuple(std.shape) != (self.in_dim,):
+            raise ValueError(f"input statistics have shapes {tuple(mean.shape)} / {tuple(std.shape)}; the aligner's "
+                             f"input dim is {self.in_dim}")
+        w = first.weight / std
+        first.bias.copy_(first.bias - w @ mean)
+        first.weight.copy_(w)
+        return self
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """[..., in_dim] -> [..., out_dim]; features are cast to the aligner's dtype/device."""
         if features.shape[-1] != self.in_dim:

@@ -135,10 +135,12 @@ def find(run: str) -> str:
 
 
 def aligner_of(ckpt: dict) -> Aligner:
-    """The checkpoint's aligner (fp32, on the CPU)."""
+    """The checkpoint's aligner (fp32, on the CPU), taking raw features."""
     in_dim, hidden, out_dim = ckpt["dims"]
     aligner = Aligner(in_dim, out_dim, hidden)
     aligner.load_state_dict(ckpt["aligner"], strict=True)
+    if "input_stats" in ckpt:          # trained on standardised features (--standardise-inputs): fold them in
+        aligner.fold_input_standardisation(ckpt["input_stats"]["mean"], ckpt["input_stats"]["std"])
     return aligner
 
 

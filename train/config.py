@@ -70,6 +70,10 @@ class FitConfig:
     hidden_dim: int = opt(0, "aligner hidden width (0 = the T5 d_model, 4096 for flan-t5-xxl as in the paper)")
     norm_init: str = opt("t5", "initial scale of the aligner's output norm: t5 = a copy of the T5 encoder's final "
                                "norm (the paper), ones = PyTorch's default (an ablation)", ["t5", "ones"])
+    standardise_inputs: bool = opt(False, "train on standardised features (per-dimension mean and std of the "
+                                          "training rows), folded into the first Linear at export, so the "
+                                          "exported aligner is the plain paper layout; not in the paper (ThinkDiff-"
+                                          "mini uses it with --encoder-term: see bench/RESULTS.md)")
     # objective (docs/method.md §2.3/2.4)
     max_split: int = opt(128, "split point s is uniform in 1..min(N-1, max_split)")
     max_label_len: int = opt(128, "T5 label tokens (incl. </s>) per sample")

@@ -278,6 +278,28 @@ def read_feature_shard(path: str) -> list[Sample]:
     return out
 
 
+def feature_stats(shards: list[str], max_rows: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std (fp32) of the feature rows of `shards`, read in order (so every process
+    and every resume computes the same numbers); a small floor keeps near-constant dimensions finite."""
+    total, total_sq, n = None, None, 0
+    for path in shards:
+        for s in read_feature_shard(path):
+            f = s.features().float()
+            f = f.reshape(-1, f.shape[-1])
+            total = f.sum(0) if total is None else total + f.sum(0)
+            total_sq = f.pow(2).sum(0) if total_sq is None else total_sq + f.pow(2).sum(0)
+            n += f.shape[0]
+            if n >= max_rows:
+                break
+        if n >= max_rows:
+            break
+    if not n:
+        raise ValueError("no feature rows to standardise with")
+    mean = total / n
+    var = (total_sq / n - mean.pow(2)).clamp_min(0)
+    return mean, (var + 1e-4 * var.mean() + 1e-12).sqrt()
+
+
 def feature_dim(path: str) -> int:
     for s in read_feature_shard(path):
         return int(s.features().shape[-1])

@@ -49,7 +49,8 @@ from thinkdiff_core.dtypes import dtype_name, resolve_dtype
 
 from . import checkpoint
 from .config import FitConfig, require
-from .data import (CLIP, TrainStream, batches, collate, collate_clip, expand_shards, feature_dim, provenance_file,
+from .data import (CLIP, TrainStream, batches, collate, collate_clip, expand_shards, feature_dim, feature_stats,
+                   provenance_file,
                    read_provenance, shard_variant, val_items)
 from .t5 import check_t5_folder, load_t5_decoder, load_tokenizer
 
@@ -102,6 +103,20 @@ def encoder_term(aligner, decoder, batch: dict, device) -> torch.Tensor:
     a = (memory * mask).sum(1) / mask.sum(1).clamp_min(1)
     t = (target * tm).sum(1) / tm.sum(1).clamp_min(1)
     return (1 - F.cosine_similarity(a.float(), t.float(), dim=-1)).mean()
+
+
+class Standardised(torch.nn.Module):
+    """The aligner on standardised features, (x - mean) / std (--standardise-inputs); export folds the
+    statistics into its first Linear (Aligner.fold_input_standardisation)."""
+
+    def __init__(self, aligner: Aligner, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.aligner = aligner
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.aligner((features.to(self.mean) - self.mean) / self.std)
 
 
 def rng_state() -> dict:
@@ -240,6 +255,9 @@ def resume(cfg: FitConfig, world: int, rank: int, master: bool, aligner, optimiz
                          f"from step 0, or restore a good copy")
     if skipped and master:
         print(f"[fit] --resume: continuing from {path}", flush=True)
+    if bool(ckpt["config"].get("standardise_inputs")) != cfg.standardise_inputs:
+        raise SystemExit(f"error: {path} was trained with standardise_inputs="
+                         f"{bool(ckpt['config'].get('standardise_inputs'))}; resume it with the same setting")
     if ckpt["world_size"] != world:
         raise SystemExit(f"error: {path} was written by {ckpt['world_size']} process(es); resume "
                          f"it with the same number (got {world})")
@@ -380,6 +398,12 @@ def fit(cfg: FitConfig) -> dict:
     if cfg.norm_init == "t5":
         aligner.init_norm_from_t5(t5_norm)
     aligner = aligner.to(device)
+    # what the loop and validation run: the aligner, or the aligner on standardised features
+    net, input_stats = aligner, None
+    if cfg.standardise_inputs:
+        mean, std = feature_stats(shards)
+        input_stats = {"mean": mean, "std": std}
+        net = Standardised(aligner, mean, std).to(device)
     torch.manual_seed(cfg.seed + rank)                           # docs/method.md §2.5: seed 42 + rank (dropout masks);
     random.seed(cfg.seed + rank)                                 # a resume restores both
     optimizer = make_optimizer(aligner, cfg)
@@ -389,7 +413,7 @@ def fit(cfg: FitConfig) -> dict:
     step, position, skipped = resume(cfg, world, rank, master, aligner, optimizer, scheduler)
 
     # ---- data streams ----------------------------------------------------------------------------------
-    model = accelerator.prepare(aligner)      # DDP when world > 1; the optimizer stays ours
+    model = accelerator.prepare(net)          # DDP when world > 1; the optimizer stays ours
     stream = TrainStream(shards[rank::world], cfg.seed, rank, cfg.max_split, position)
     # batches are read and tokenised one or two ahead in a thread; each carries the stream position
     # after its last sample, and a checkpoint stores the position of the last batch actually used
@@ -402,7 +426,7 @@ def fit(cfg: FitConfig) -> dict:
     def validate() -> float | None:
         if not val_shards:
             return None
-        return evaluate(aligner, decoder, held_out, val_collate, cfg, device, autocast, world)
+        return evaluate(net, decoder, held_out, val_collate, cfg, device, autocast, world)
 
     def save(reason: str) -> None:
         positions = gather_object([list(position)])            # every process's place in its data
@@ -411,7 +435,8 @@ def fit(cfg: FitConfig) -> dict:
             path = checkpoint.save(cfg.out, {
                 "step": step, "aligner": aligner.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "positions": positions, "rng": rngs, "world_size": world,
-                "config": dataclasses.asdict(cfg), "dims": dims}, cfg.keep_ckpts)
+                "config": dataclasses.asdict(cfg), "dims": dims,
+                **({"input_stats": input_stats} if input_stats else {})}, cfg.keep_ckpts)
             log({"event": "checkpoint", "step": step, "path": path, "reason": reason})
 
     log = RunLog(cfg, master)
@@ -476,6 +501,8 @@ def fit(cfg: FitConfig) -> dict:
         print(f"[fit] skipped {stream.skipped} sample(s) with fewer than 2 generated tokens", flush=True)
     if world > 1:
         accelerator.wait_for_everyone()
+    if input_stats:      # what export writes: the statistics folded in, so it takes raw features
+        aligner = copy.deepcopy(aligner).fold_input_standardisation(input_stats["mean"], input_stats["std"])
     return {"step": step, "losses": losses, "val_losses": val_losses, "aligner": aligner, "decoder": decoder,
             "stopped": bool(stop["signal"]), "last_checkpoint": last_ckpt, "variant": variant}
 

@@ -87,6 +87,29 @@ def test_encoder_term_pulls_the_aligned_rows_toward_the_t5_encoder(fit_cfg, tiny
     assert gaps[5.0] < gaps[0.0] - 0.1
 
 
+def test_standardised_inputs_are_folded_into_the_exported_aligner(fit_cfg, learn_data, tmp_path):
+    """fit --standardise-inputs trains on (x - mean) / std of the training rows; the checkpoint keeps the
+    statistics, and the aligner it gives (export's) takes raw features and computes exactly what was trained.
+    Resuming with the other setting is refused."""
+    from thinkdiff_core.aligner import Aligner
+    from train.fit import Standardised
+    cfg = dataclasses.replace(fit_cfg, out=str(tmp_path / "std"), max_steps=4, standardise_inputs=True)
+    r = fit(cfg)
+    ckpt = checkpoint.load(checkpoint.find(cfg.out))
+    mean, std = ckpt["input_stats"]["mean"], ckpt["input_stats"]["std"]
+    rows = torch.cat([s.features().float() for s in read_feature_shard(learn_data["val"])])
+    assert rows.mean(0).abs().max() > 0.1 and not torch.allclose(std, torch.ones_like(std))  # a real change
+    trained = Aligner(*[ckpt["dims"][i] for i in (0, 2, 1)])
+    trained.load_state_dict(ckpt["aligner"])
+    with torch.no_grad():
+        want = Standardised(trained, mean, std)(rows)
+        torch.testing.assert_close(checkpoint.aligner_of(ckpt)(rows), want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(r["aligner"](rows), want, rtol=1e-4, atol=1e-4)
+        assert (trained(rows) - want).abs().max() > 0.1          # the raw-feature aligner needs the folding
+    with pytest.raises(SystemExit, match="standardise_inputs"):
+        fit(dataclasses.replace(cfg, max_steps=6, resume=True, standardise_inputs=False))
+
+
 def test_aligner_norm_starts_from_the_t5_encoder_final_norm(fit_cfg, tiny):
     """Spec 1.1: fit copies the T5 encoder's final_layer_norm.weight into the aligner's norm."""
     import glob
