@@ -16,18 +16,21 @@ import sys
 
 import torch
 
-from .build import SIZES
+from .build import MINI_FIT, SIZES
 
 MARK_BEGIN, MARK_END = "<!-- thinkdiff-mini results: begin -->", "<!-- thinkdiff-mini results: end -->"
 DEFAULT_OUT = os.path.join(".cache", "mini")
 
 
 ABLATION_TEXT = {
+    "decoder_only": "the paper's objective alone: decoder loss only, raw features (no standardising, no encoder term)",
+    "no_encoder_term": "no encoder-side term (decoder loss only, standardised features)",
+    "no_standardise": "raw features (no --standardise-inputs)",
+    "encoder_term_30": "encoder-side term weight 30 (default 10)",
     "norm_ones": "aligner output norm starts at 1 (not the T5 encoder's final norm)",
     "no_decoder_dropout": "T5 decoder dropout off while fitting",
     "hidden_64": "aligner hidden width 64 (default 256)",
     "hidden_1024": "aligner hidden width 1024 (default 256)",
-    "encoder_term": "+ encoder-side term (fit --encoder-term 1: aligned rows pulled toward the T5 encoder's states of their text)",
 }
 
 
@@ -59,7 +62,7 @@ def results_table(res: dict, command: str) -> str:
     if res.get("ablations"):
         lines += ["Ablations (aligner seed 0, the same cases; one thing changed per row):", "",
                   "| variant | caption (upper bound) | aligned | in-context |", "|---|---|---|---|",
-                  f"| default | {_pct(c['caption'])} | {_pct(c['aligned/seed0'])} | {_pct(c['in_context/seed0'])} |"]
+                  f"| default (`python -m train fit` {' '.join(MINI_FIT)}) | {_pct(c['caption'])} | {_pct(c['aligned/seed0'])} | {_pct(c['in_context/seed0'])} |"]
         for name, r in res["ablations"].items():
             cap = _pct(r["caption"]) if "caption" in r else "(same image model)"
             lines.append(f"| {ABLATION_TEXT.get(name, name)} | {cap} | {_pct(r['aligned'])} | {_pct(r['in_context'])} |")

@@ -232,7 +232,7 @@ def train_dit(latents: torch.Tensor, cond_index: torch.Tensor, contexts: list[li
         s = sigma[:, None, None, None]
         xt = (1 - s) * x0 + s * noise
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 100)
+            group["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         loss = (dit_velocity(dit, xt, sigma, ctx) - (noise - x0)).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -87,11 +87,13 @@ def build_vlm(dst: str, tokenizer_dir: str, hidden: int, layers: int, vision_dim
     return dst
 
 
-def pretrain_vision(model, proc, items, steps: int, batch: int = 32, lr: float = 3e-3, seed: int = 0, log=print):
-    """Warm the random vision tower up on the labels (a linear probe on its mean merged token predicts colour
-    and shape), so the language model has visual features to learn to read: the slow part otherwise."""
+def pretrain_vision(model, proc, items, steps: int, batch: int = 32, lr: float = 1e-3, seed: int = 0, log=print):
+    """Warm the random vision tower up on the labels (a linear probe on its merged tokens, concatenated in
+    order, predicts colour and shape), so the language model has visual features to learn to read: the slow
+    part otherwise. The probe reads every token in place, not their mean: shape is where the colour is."""
     visual = model.model.visual
-    probe = torch.nn.Linear(model.config.text_config.hidden_size, len(data.COLOURS) + len(data.SHAPES))
+    tokens = VLM_IMAGE_PIXELS // (14 * 14 * 4)    # merged visual tokens per image (16)
+    probe = torch.nn.Linear(tokens * model.config.text_config.hidden_size, len(data.COLOURS) + len(data.SHAPES))
     opt = torch.optim.AdamW([*visual.parameters(), *probe.parameters()], lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
     nc = len(data.COLOURS)
@@ -100,17 +102,21 @@ def pretrain_vision(model, proc, items, steps: int, batch: int = 32, lr: float =
         px = proc.image_processor([data.load_image(it.path) for it in chosen], return_tensors="pt")
         feats = model.model.get_image_features(px["pixel_values"], px["image_grid_thw"])
         feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
-        pooled = torch.stack([f.mean(0) for f in (feats if isinstance(feats, (list, tuple)) else
-                                                    feats.split(int(feats.shape[0]) // batch))])
-        logits = probe(pooled)
+        feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats
+        logits = probe(feats.reshape(batch, -1))
         labels = torch.tensor([it.label for it in chosen])
         loss = (torch.nn.functional.cross_entropy(logits[:, :nc], labels[:, 0])
                 + torch.nn.functional.cross_entropy(logits[:, nc:], labels[:, 1]))
+        for group in opt.param_groups:
+            group["lr"] = _cosine(step, steps, lr, 20)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == steps - 1:
-            log(f"  VLM vision warm-up step {step}/{steps} loss {loss.item():.4f}")
+            acc = (logits[:, :nc].argmax(1) == labels[:, 0]).float().mean().item(), \
+                  (logits[:, nc:].argmax(1) == labels[:, 1]).float().mean().item()
+            log(f"  VLM vision warm-up step {step}/{steps} loss {loss.item():.4f} batch acc colour {acc[0]:.2f} "
+                f"shape {acc[1]:.2f}")
 
 
 def train_vlm(dst: str, tokenizer_dir: str, items, steps: int, hidden: int = 96, layers: int = 2,
