@@ -174,6 +174,9 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu", action="store_true", help="start ComfyUI without --cpu")
     ap.add_argument("--timeout", type=float, default=3600)
     a = ap.parse_args(argv)
+    missing = [i for i in a.images or () if not os.path.isfile(i)]
+    if missing:
+        ap.error(f"--images: no such file: {', '.join(missing)}")
 
     with open(a.workflow) as f:
         workflow = json.load(f)

@@ -423,3 +423,14 @@ def test_readme_lists_every_message():
     section = text.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
     missing = sorted({c.message for c in CASES if c.message and f"`{c.message}`" not in section})
     assert not missing, "README Troubleshooting lacks rows for:\n" + "\n".join(missing)
+
+
+def test_run_workflow_names_a_missing_input_image(tmp_path, capsys):
+    """--images with a path that is not there: a usage error naming it, before any server starts."""
+    missing = str(tmp_path / "no_such.png")
+    with pytest.raises(SystemExit) as e:
+        run_workflow.main([os.path.join(paths.WORKFLOWS, "thinkdiff_mini_in_context.json"),
+                           str(tmp_path / "out"), "--images", missing])
+    assert e.value.code == 2
+    assert f"--images: no such file: {missing}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
