@@ -21,6 +21,12 @@ import math
 import torch
 from torch import nn
 
+
+def cosine_lr(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Every mini stage's learning rate: linear warm-up over `warmup` steps, then cosine decay to 0.1 x lr."""
+    return lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
 SD3_SCALE, SD3_SHIFT = 1.5305, 0.0609     # comfy.latent_formats.SD3
 SD3_SAMPLING_SHIFT = 3.0                  # comfy.supported_models.SD3 sampling_settings
 LATENT_CHANNELS = 16
@@ -149,7 +155,7 @@ def train_autoencoder(images: torch.Tensor, steps: int, batch: int = 32, lr: flo
         flip = torch.rand(batch, generator=g) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
+            group["lr"] = cosine_lr(step, steps, lr, 50)
         y = _shallow(ae.taesd_decoder, _shallow(ae.taesd_encoder, x))
         loss = ((y - x).pow(2) * foreground_weight(x)).mean()
         if edge_weight:
@@ -232,7 +238,7 @@ def train_dit(latents: torch.Tensor, cond_index: torch.Tensor, contexts: list[li
         s = sigma[:, None, None, None]
         xt = (1 - s) * x0 + s * noise
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            group["lr"] = cosine_lr(step, steps, lr, 100)
         loss = (dit_velocity(dit, xt, sigma, ctx) - (noise - x0)).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

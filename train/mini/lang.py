@@ -3,7 +3,6 @@ a shape with the paper's 16 instructions, and answers the in-context prompt), bo
 the real tokenizers, built by thinkdiff_core.tiny and trained here on easy-vqa."""
 from __future__ import annotations
 
-import math
 import random
 
 import torch
@@ -12,6 +11,7 @@ from thinkdiff_core.prompts import TRAINING_INSTRUCTIONS, build_prompt, caption_
 from thinkdiff_core.tiny import build_tiny_qwen2vl, build_tiny_t5
 
 from . import data
+from .image import cosine_lr
 
 VLM_IMAGE_PIXELS = 112 * 112   # every image becomes 112x112 for the tiny VLM: 16 merged visual tokens
 
@@ -26,10 +26,6 @@ def t5_texts() -> list[str]:
                 words = data.caption(c, s, t).split()
                 out.update(" ".join(words[i:]) for i in range(len(words)))
     return sorted(out)
-
-
-def _cosine(step: int, steps: int, lr: float, warmup: int) -> float:
-    return lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
 
 
 def train_t5(dst: str, tokenizer_dir: str, steps: int, d_model: int = 64, batch: int = 64, lr: float = 3e-3,
@@ -47,7 +43,7 @@ def train_t5(dst: str, tokenizer_dir: str, steps: int, d_model: int = 64, batch:
         enc = tok(batch_texts, return_tensors="pt", padding=True)
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
         for group in opt.param_groups:
-            group["lr"] = _cosine(step, steps, lr, 20)
+            group["lr"] = cosine_lr(step, steps, lr, 20)
         loss = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -108,7 +104,7 @@ def pretrain_vision(model, proc, items, steps: int, batch: int = 32, lr: float =
         loss = (torch.nn.functional.cross_entropy(logits[:, :nc], labels[:, 0])
                 + torch.nn.functional.cross_entropy(logits[:, nc:], labels[:, 1]))
         for group in opt.param_groups:
-            group["lr"] = _cosine(step, steps, lr, 20)
+            group["lr"] = cosine_lr(step, steps, lr, 20)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -159,7 +155,7 @@ def train_vlm(dst: str, tokenizer_dir: str, items, steps: int, hidden: int = 96,
                 cols.append(p - 1)
                 targets.append(inputs["input_ids"][b, p])
         for group in opt.param_groups:
-            group["lr"] = _cosine(step, steps, lr, 50) * group["mult"]
+            group["lr"] = cosine_lr(step, steps, lr, 50) * group["mult"]
         hidden_states = model.model(**inputs).last_hidden_state
         logits = model.lm_head(hidden_states[torch.tensor(rows), torch.tensor(cols)])
         loss = torch.nn.functional.cross_entropy(logits.float(), torch.stack(targets))
