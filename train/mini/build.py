@@ -41,9 +41,9 @@ class Sizes:
     t5_steps: int = 300
     t5_dim: int = MINI_CONTEXT_DIM    # the nodes accept an aligner of this output width (thinkdiff_core.release)
     dit_steps: int = 10000
-    dit_depth: int = 2
+    dit_depth: int = 3               # hidden 192 (ComfyUI reads SD3 as 64 x depth); depth 2 drew blobs: shape 56 %
     dit_batch: int = 64
-    vlm_steps: int = 2000
+    vlm_steps: int = 3000             # language training, vision tower frozen
     vlm_vision_steps: int = 4000      # vision-tower warm-up on the labels before the language training
     vlm_hidden: int = 96
     vlm_layers: int = 2
@@ -210,6 +210,28 @@ def fit_aligner(p: Paths, sizes: Sizes, name: str, seed: int, extra: list[str], 
     return out
 
 
+def train_image_model(p: Paths, sizes: Sizes, train_items, images: torch.Tensor, dst: str, cond_noise: float = 0.5,
+                      token_drop: float = 0.15, log=print) -> None:
+    """Stage 4: the image model on the tiny T5's encoder states of the captions (every template) and the
+    autoencoder's latents of the train images and their mirror images; saved to dst with its config."""
+    from .image import train_dit
+    from .lang import t5_encode
+    ae = load_vae(p.vae)
+    with torch.no_grad():
+        lat = torch.cat([ae.encode(images[i:i + 256]) for i in range(0, len(images), 256)])
+        lat_flip = torch.cat([ae.encode(images[i:i + 256].flip(-1)) for i in range(0, len(images), 256)])
+    classes = [(c, s) for c in data.COLOURS for s in data.SHAPES]
+    states = t5_encode(p.t5, [data.caption(c, s, t) for c, s in classes for t in data.TEMPLATES])
+    k = len(data.TEMPLATES)
+    contexts = [states[i * k:(i + 1) * k] for i in range(len(classes))]
+    cls = torch.tensor([classes.index((it.colour, it.shape)) for it in train_items])
+    cfg = dict(context_dim=sizes.t5_dim, depth=sizes.dit_depth, latent_size=lat.shape[-1])
+    dit = train_dit(torch.cat([lat, lat_flip]), torch.cat([cls, cls]), contexts, sizes.dit_steps,
+                    context_dim=sizes.t5_dim, depth=sizes.dit_depth, batch=sizes.dit_batch,
+                    cond_noise=cond_noise, token_drop=token_drop, log=log)
+    _save_file(dit.state_dict(), dst, metadata={"mini_config": json.dumps(cfg)})
+
+
 def build(out: str, size: str = "full", log=None, stop_after: str = "", models_only: bool = False) -> Paths:
     """Run the stages in order (existing outputs are kept); ``stop_after`` names the last stage to run
     ('judge', 'autoencoder', 't5', 'image model', 'vlm'; empty = all); ``models_only``: what the workflow
@@ -256,29 +278,14 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
         return p
 
     # 3. T5
-    from .lang import t5_encode, train_t5, train_vlm
+    from .lang import train_t5, train_vlm
     _stage("t5", p.t5, log, lambda tmp: (train_t5(tmp, dev_paths.tokenizer_dir("t5_tokenizer"), sizes.t5_steps,
                                                    d_model=sizes.t5_dim, log=log), None)[1])
     if stop_after == "t5":
         return p
 
     # 4. image model on T5 encoder states of the captions (every template), nothing else
-    def dit_stage(tmp, cond_noise: float = 0.5, token_drop: float = 0.15):
-        from .image import train_dit
-        ae = load_vae(p.vae)
-        with torch.no_grad():
-            lat = torch.cat([ae.encode(images[i:i + 256]) for i in range(0, len(images), 256)])
-            lat_flip = torch.cat([ae.encode(images[i:i + 256].flip(-1)) for i in range(0, len(images), 256)])
-        classes = [(c, s) for c in data.COLOURS for s in data.SHAPES]
-        states = t5_encode(p.t5, [data.caption(c, s, t) for c, s in classes for t in data.TEMPLATES])
-        k = len(data.TEMPLATES)
-        contexts = [states[i * k:(i + 1) * k] for i in range(len(classes))]
-        cls = torch.tensor([classes.index((it.colour, it.shape)) for it in train_items])
-        cfg = dict(context_dim=sizes.t5_dim, depth=sizes.dit_depth, latent_size=lat.shape[-1])
-        dit = train_dit(torch.cat([lat, lat_flip]), torch.cat([cls, cls]), contexts, sizes.dit_steps,
-                        context_dim=sizes.t5_dim, depth=sizes.dit_depth, batch=sizes.dit_batch,
-                        cond_noise=cond_noise, token_drop=token_drop, log=log)
-        _save_file(dit.state_dict(), tmp, metadata={"mini_config": json.dumps(cfg)})
+    dit_stage = lambda tmp, **aug: train_image_model(p, sizes, train_items, images, tmp, log=log, **aug)  # noqa: E731
     _stage("image model", p.dit, log, dit_stage)
     if stop_after == "image model":
         return p
