@@ -13,7 +13,7 @@
 #
 # bash scripts/quickstart.sh --mini [--images a.png b.png --text "red, blue, green"]
 # runs ThinkDiff-mini instead: models trained here on easy-vqa (python -m train mini build, into
-# .cache/mini; about 75 min on 2 CPU cores the first time, resumable; then seconds) and the shipped
+# .cache/mini; about an hour or more on 2 CPU cores the first time, resumable; then seconds) and the shipped
 # workflows/thinkdiff_mini_in_context.json, with your images and words if given.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
