@@ -1,6 +1,6 @@
 """Build ThinkDiff-mini, top to bottom: every model trained here on easy-vqa, on a CPU.
 
-    python -m train mini build [--out .cache/mini] [--size full|ci]
+    python -m train mini build [--out .cache/mini] [--size full|quick] [--jobs 2]
 
 Stages (each skipped when its output exists, so an interrupted build continues where it stopped):
   1. judge        a CNN reading colour and shape, trained on real images only
@@ -13,7 +13,7 @@ Stages (each skipped when its output exists, so an interrupted build continues w
   6. aligner      our own `python -m train precompute | fit | export` on the VLM's generated-token states
                   through the frozen tiny T5 *decoder*; it never sees the image model (one per seed and
                   per ablation)
-The sizes are plain values in SIZES; `ci` is the brief build CI runs (every stage for real, few steps).
+The sizes are plain values in SIZES: `full` is bench/RESULTS.md's build; `quick` the quick start's and CI's.
 """
 from __future__ import annotations
 
@@ -43,11 +43,13 @@ class Sizes:
     dit_steps: int = 10000
     dit_depth: int = 3               # hidden 192 (ComfyUI reads SD3 as 64 x depth); depth 2 drew blobs: shape 56 %
     dit_batch: int = 64
+    dit_lr: float = 1e-3
     vlm_steps: int = 3000             # language training, vision tower frozen
     vlm_vision_steps: int = 4000      # vision-tower warm-up on the labels before the language training
     vlm_hidden: int = 96
     vlm_layers: int = 2
     vlm_vision_dim: int = 64
+    vlm_used_rows: bool = False       # train only the embedding / LM-head rows the task's tokens use
     precompute_images: int = 1536
     fit_steps: int = 600
     aligner_hidden: int = 256
@@ -58,9 +60,10 @@ class Sizes:
 
 SIZES = {
     "full": Sizes(),
-    # CI: every stage runs for real, briefly (a pipeline check: the models are far from trained)
-    "ci": Sizes(judge_steps=600, ae_steps=60, t5_steps=60, dit_steps=400, vlm_steps=40, vlm_vision_steps=20,
-                precompute_images=128, fit_steps=40, seeds=(0,), eval_cases=16, ablations=False),
+    # the quick start's default and CI's quality check: about 15 min on 2 CPU cores (the VLM in a second
+    # process beside the image stages), shorter schedules, a VLM that trains only the token rows it uses
+    "quick": Sizes(ae_steps=700, t5_steps=150, dit_steps=4000, dit_batch=32, vlm_steps=2000, vlm_vision_steps=2000,
+                   vlm_used_rows=True, precompute_images=1024, seeds=(0,), eval_cases=400, ablations=False),
 }
 
 # the default aligner's extra `python -m train fit` options. Not the paper's decoder-only objective: on these
@@ -227,16 +230,80 @@ def train_image_model(p: Paths, sizes: Sizes, train_items, images: torch.Tensor,
     cls = torch.tensor([classes.index((it.colour, it.shape)) for it in train_items])
     cfg = dict(context_dim=sizes.t5_dim, depth=sizes.dit_depth, latent_size=lat.shape[-1])
     dit = train_dit(torch.cat([lat, lat_flip]), torch.cat([cls, cls]), contexts, sizes.dit_steps,
-                    context_dim=sizes.t5_dim, depth=sizes.dit_depth, batch=sizes.dit_batch,
+                    context_dim=sizes.t5_dim, depth=sizes.dit_depth, batch=sizes.dit_batch, lr=sizes.dit_lr,
                     cond_noise=cond_noise, token_drop=token_drop, log=log)
     _save_file(dit.state_dict(), dst, metadata={"mini_config": json.dumps(cfg)})
 
 
-def build(out: str, size: str = "full", log=None, stop_after: str = "", models_only: bool = False) -> Paths:
+def language_branch(p: Paths, sizes: Sizes, train_items, log) -> None:
+    """Stages 5 and the aligner's precompute: the VLM, then its generated-token states of held-in train
+    images (`python -m train precompute`). Needs nothing from the image stages, so ``build(jobs=2)`` runs it
+    in a second process beside them."""
+    from devtools import paths as dev_paths   # the tokenizers ComfyUI ships
+
+    from .lang import train_vlm
+    _stage("vlm", p.vlm, log, lambda tmp: (train_vlm(
+        tmp, dev_paths.tokenizer_dir("qwen25_tokenizer"), train_items, sizes.vlm_steps, hidden=sizes.vlm_hidden,
+        layers=sizes.vlm_layers, vision_dim=sizes.vlm_vision_dim, vision_steps=sizes.vlm_vision_steps,
+        used_rows=sizes.vlm_used_rows, log=log), None)[1])
+
+    def images_stage(tmp):
+        os.makedirs(tmp)
+        for it in train_items[:sizes.precompute_images]:
+            shutil.copy(it.path, os.path.join(tmp, os.path.basename(it.path)))
+    _stage("precompute images", p.images, log, images_stage)
+    from train.__main__ import main as train_main   # resumable: finished shards are skipped
+    shard = str(max(64, sizes.precompute_images // 8))   # 8 shards: the last one is held out by fit
+    argv = ["precompute", "--vlm", p.vlm, "--data", p.images, "--out", p.feats, "--shard-size", shard,
+            "--max-new-tokens", "24", "--feature-dtype", "fp32", "--device", "cpu"]
+    t = time.time()
+    log("python -m train " + " ".join(argv))
+    if train_main(argv) != 0:
+        raise RuntimeError("precompute failed")
+    log({"stage": "precompute", "seconds": round(time.time() - t, 1)})
+
+
+class _Beside:
+    """The language branch in a second process (`python -m train mini build --only language`, one torch
+    thread each), stopped with this one if this one fails or is interrupted."""
+
+    def __init__(self, out: str, size: str, models_only: bool):
+        import subprocess
+        import sys
+
+        from devtools import paths as dev_paths
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [dev_paths.ROOT, os.environ.get("PYTHONPATH")]))}
+        cmd = [sys.executable, "-m", "train", "mini", "build", "--out", out, "--size", size, "--only", "language",
+               "--threads", "1", *(["--models-only"] if models_only else [])]
+        self.proc = subprocess.Popen(cmd, cwd=dev_paths.ROOT, env=env)
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, self.threads - 1))
+
+    def poll(self) -> None:
+        """Between training steps: once the branch is done, this process takes the freed thread."""
+        if self.proc.poll() is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def wait(self) -> None:
+        rc = self.proc.wait()
+        torch.set_num_threads(self.threads)
+        if rc != 0:
+            raise RuntimeError(f"the VLM branch of the build failed (exit {rc}; its output is above); run the "
+                               f"same command again to continue where it stopped")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+def build(out: str, size: str = "full", log=None, stop_after: str = "", models_only: bool = False,
+          jobs: int = 1, only: str = "") -> Paths:
     """Run the stages in order (existing outputs are kept); ``stop_after`` names the last stage to run
     ('judge', 'autoencoder', 't5', 'image model', 'vlm'; empty = all); ``models_only``: what the workflow
-    loads (one aligner, no ablations), as the quick start needs."""
-    from devtools import paths as dev_paths   # the tokenizers ComfyUI ships
+    loads (one aligner, no ablations), as the quick start needs; ``jobs`` 2: the VLM and its precompute in
+    a second process beside the image stages (each with one torch thread fewer); ``only`` 'language': just
+    that branch (what the second process runs)."""
     sizes = SIZES[size]
     if models_only:
         sizes = replace(sizes, seeds=sizes.seeds[:1], ablations=False)
@@ -244,8 +311,49 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
     os.makedirs(p.out, exist_ok=True)
     check_format(p.out, size)
     log = log or _log_to(p.log)
-    log({"event": "build", "size": size, "sizes": asdict(sizes), "threads": torch.get_num_threads()})
+    log({"event": "build", "size": size, "sizes": asdict(sizes), "threads": torch.get_num_threads(),
+         "jobs": jobs, "only": only})
     train_items, test_items = data.load("train"), data.load("test")
+    if only == "language":
+        language_branch(p, sizes, train_items, log)
+        return p
+    beside = None
+    if jobs >= 2 and not stop_after and not os.path.exists(p.vlm):
+        beside = _Beside(p.out, size, models_only)
+        log_only = log
+
+        def log(msg):   # the stages' progress callback, called between their steps
+            beside.poll()
+            log_only(msg)
+    try:
+        _image_branch(p, sizes, train_items, test_items, log, stop_after)
+        if stop_after in ("judge", "autoencoder", "t5", "image model"):
+            return p
+        if beside:
+            beside.wait()
+        language_branch(p, sizes, train_items, log)
+    finally:
+        if beside:
+            beside.stop()
+    if stop_after == "vlm":
+        return p
+
+    # 6. aligner: fit + export per seed / ablation on the precomputed states
+    for seed in sizes.seeds:
+        fit_aligner(p, sizes, "aligner", seed, fit_options(), log)
+    if sizes.ablations:
+        for name in ABLATIONS:
+            fit_aligner(p, sizes, name, 0, fit_options(name), log)
+        # the image model without conditioning augmentation (noise and token drop on the T5 states)
+        _stage("image model without conditioning augmentation", p.dit_plain, log,
+               lambda tmp: train_image_model(p, sizes, train_items, data.image_tensor(train_items, IMAGE_SIZE),
+                                             tmp, cond_noise=0.0, token_drop=0.0, log=log))
+    return p
+
+
+def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_after: str) -> None:
+    """Stages 1-4: judge, autoencoder, T5, image model."""
+    from devtools import paths as dev_paths   # the tokenizers ComfyUI ships
     images = data.image_tensor(train_items, IMAGE_SIZE)
     labels = data.labels(train_items)
 
@@ -258,7 +366,7 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
                                                        data.labels(test_items)).items()}
     _stage("judge", p.judge, log, judge_stage)
     if stop_after == "judge":
-        return p
+        return
 
     # 2. autoencoder
     def ae_stage(tmp):
@@ -275,50 +383,14 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
                 **{f"reconstruction_{k}": v for k, v in ceiling.items()}}
     _stage("autoencoder", p.vae, log, ae_stage)
     if stop_after == "autoencoder":
-        return p
+        return
 
     # 3. T5
-    from .lang import train_t5, train_vlm
+    from .lang import train_t5
     _stage("t5", p.t5, log, lambda tmp: (train_t5(tmp, dev_paths.tokenizer_dir("t5_tokenizer"), sizes.t5_steps,
                                                    d_model=sizes.t5_dim, log=log), None)[1])
     if stop_after == "t5":
-        return p
+        return
 
     # 4. image model on T5 encoder states of the captions (every template), nothing else
-    dit_stage = lambda tmp, **aug: train_image_model(p, sizes, train_items, images, tmp, log=log, **aug)  # noqa: E731
-    _stage("image model", p.dit, log, dit_stage)
-    if stop_after == "image model":
-        return p
-
-    # 5. VLM
-    _stage("vlm", p.vlm, log, lambda tmp: (train_vlm(
-        tmp, dev_paths.tokenizer_dir("qwen25_tokenizer"), train_items, sizes.vlm_steps, hidden=sizes.vlm_hidden,
-        layers=sizes.vlm_layers, vision_dim=sizes.vlm_vision_dim, vision_steps=sizes.vlm_vision_steps, log=log),
-        None)[1])
-    if stop_after == "vlm":
-        return p
-
-    # 6. aligner: precompute (the VLM captions held-in train images), then fit + export per seed / ablation
-    def images_stage(tmp):
-        os.makedirs(tmp)
-        for it in train_items[:sizes.precompute_images]:
-            shutil.copy(it.path, os.path.join(tmp, os.path.basename(it.path)))
-    _stage("precompute images", p.images, log, images_stage)
-    from train.__main__ import main as train_main   # resumable: finished shards are skipped
-    shard = str(max(64, sizes.precompute_images // 8))   # 8 shards: the last one is held out by fit
-    argv = ["precompute", "--vlm", p.vlm, "--data", p.images, "--out", p.feats, "--shard-size", shard,
-            "--max-new-tokens", "24", "--feature-dtype", "fp32", "--device", "cpu"]
-    t = time.time()
-    log("python -m train " + " ".join(argv))
-    if train_main(argv) != 0:
-        raise RuntimeError("precompute failed")
-    log({"stage": "precompute", "seconds": round(time.time() - t, 1)})
-    for seed in sizes.seeds:
-        fit_aligner(p, sizes, "aligner", seed, fit_options(), log)
-    if sizes.ablations:
-        for name in ABLATIONS:
-            fit_aligner(p, sizes, name, 0, fit_options(name), log)
-        # the image model without conditioning augmentation (noise and token drop on the T5 states)
-        _stage("image model without conditioning augmentation", p.dit_plain, log,
-               lambda tmp: dit_stage(tmp, cond_noise=0.0, token_drop=0.0))
-    return p
+    _stage("image model", p.dit, log, lambda tmp: train_image_model(p, sizes, train_items, images, tmp, log=log))

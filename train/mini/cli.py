@@ -1,4 +1,4 @@
-"""python -m train mini {build,eval,install} [--out DIR] [--size full|ci] [--threads N]
+"""python -m train mini {build,eval,install} [--out DIR] [--size full|quick] [--jobs N] [--threads N]
 
 build    trains every ThinkDiff-mini model on easy-vqa (train/mini/build.py; stages resume)
 install  builds what is missing, then links the models into a ComfyUI models folder (--models) under the
@@ -18,8 +18,11 @@ import torch
 
 from .build import MINI_FIT, SIZES
 
-MARK_BEGIN, MARK_END = "<!-- thinkdiff-mini results: begin -->", "<!-- thinkdiff-mini results: end -->"
-DEFAULT_OUT = os.path.join(".cache", "mini")
+def markers(size: str) -> tuple[str, str]:
+    """The comments around a size's table in RESULTS.md (the full build's keep their first spelling)."""
+    name = "thinkdiff-mini results" if size == "full" else f"thinkdiff-mini {size} results"
+    return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+DEFAULT_OUT = os.path.join(".cache", "mini-{size}")   # one folder per size (a folder holds one build)
 
 
 ABLATION_TEXT = {
@@ -40,7 +43,8 @@ def _pct(r: dict) -> str:
 
 def results_table(res: dict, command: str) -> str:
     c = res["conditions"]
-    lines = [MARK_BEGIN, "",
+    begin, end = markers(res["size"])
+    lines = [begin, "",
              f"Command: `{command}` ({res['seconds']:.0f} s for the evaluation; build times in the build log).",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads. Size `{res['size']}`: n = {res['n']} held-out cases per condition, "
@@ -67,17 +71,19 @@ def results_table(res: dict, command: str) -> str:
             cap = _pct(r["caption"]) if "caption" in r else "(same image model)"
             lines.append(f"| {ABLATION_TEXT.get(name, name)} | {cap} | {_pct(r['aligned'])} | {_pct(r['in_context'])} |")
         lines.append("")
-    lines.append(MARK_END)
+    lines.append(end)
     return "\n".join(lines)
 
 
-def write_results(path: str, table: str) -> None:
+def write_results(path: str, table: str, size: str = "full") -> None:
+    """Put the table between its size's markers in the file (replacing what is there), or append it."""
+    begin, end = markers(size)
     text = open(path).read() if os.path.exists(path) else ""
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + table + rest.split(MARK_END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + table + rest.split(end, 1)[1]
     else:
-        text = text.rstrip() + "\n\n## ThinkDiff-mini\n\n" + table + "\n"
+        text = text.rstrip() + f"\n\n## ThinkDiff-mini ({size})\n\n" + table + "\n"
     with open(path, "w") as f:
         f.write(text)
 
@@ -106,17 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train mini", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["build", "eval", "install"])
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"models and logs (default {DEFAULT_OUT})")
+    p.add_argument("--out", default="", help=f"models and logs (default {DEFAULT_OUT})")
     p.add_argument("--size", default="full", choices=list(SIZES))
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--results", default="", help="write the table into this markdown file (e.g. bench/RESULTS.md)")
     p.add_argument("--grid", default="", help="write the in-context image grid here (e.g. docs/mini_grid.png)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="build: 2 trains the VLM in a second process beside the image stages (default: 2 with "
+                        "2 or more CPU cores)")
+    p.add_argument("--only", default="", choices=["", "language"], help=argparse.SUPPRESS)
+    p.add_argument("--models-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--models", default="", help="install: a ComfyUI models folder (e.g. ComfyUI/models)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.out = args.out or DEFAULT_OUT.format(size=args.size)
     from .build import build
-    built = build(args.out, args.size, models_only=args.command == "install")
+    built = build(args.out, args.size, models_only=args.models_only or args.command == "install", jobs=args.jobs,
+                  only=args.only)
     if args.command == "build":
         return 0
     if args.command == "install":
@@ -131,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid:
         write_grid(rows, args.grid)
     if args.results:
-        write_results(args.results, results_table(res, "python -m train mini " + " ".join(sys.argv[1:] if argv is None
-                                                                                         else argv)))
+        command = "python -m train mini " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_results(args.results, results_table(res, command), args.size)
     print(json.dumps({k: v for k, v in res["conditions"].items() if "/" not in k}, indent=1))
     return 0

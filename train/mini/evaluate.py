@@ -1,6 +1,6 @@
 """Evaluate ThinkDiff-mini: generate held-out cases and judge each image with the real-image judge.
 
-    python -m train mini eval [--out .cache/mini] [--size full|ci] [--results bench/RESULTS.md --grid docs/mini_grid.png]
+    python -m train mini eval [--out .cache/mini-full] [--size full|quick] [--results bench/RESULTS.md --grid docs/mini_grid.png]
 
 Conditions (each image judged for colour and shape; chance is 1/8 and 1/3):
   caption     the true caption through the tiny T5 *encoder* (the image model's own input: upper bound)

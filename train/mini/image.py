@@ -75,18 +75,30 @@ class TAESD(nn.Module):
         # standardisation of the encoder output (set after training by set_latent_stats)
         self.register_buffer("latent_mean", torch.zeros(()))
         self.register_buffer("latent_std", torch.ones(()))
+        self._blocks_zero = None   # set on first encode (weights are loaded after __init__)
+
+    def _run(self, seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """seq(x); through :func:`_shallow` while every Block's last convolution is zero (as
+        :func:`train_autoencoder` leaves them): both give the same numbers then, the shallow one ~10x faster."""
+        if self._blocks_zero is None:
+            self._blocks_zero = all(not m.conv[4].weight.any() and not m.conv[4].bias.any()
+                                    for m in self.modules() if isinstance(m, _Block))
+        return _shallow(seq, x) if self._blocks_zero else seq(x)
+
+    def encode_raw(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self.taesd_encoder, x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels -> model-space latents (standardised)."""
-        return (self.taesd_encoder(x) - self.latent_mean) / self.latent_std
+        return (self.encode_raw(x) - self.latent_mean) / self.latent_std
 
     def decode(self, m: torch.Tensor) -> torch.Tensor:
         """model-space latents -> [0, 1] pixels (not clamped)."""
-        return self.taesd_decoder(m * self.latent_std + self.latent_mean)
+        return self._run(self.taesd_decoder, m * self.latent_std + self.latent_mean)
 
     @torch.no_grad()
     def set_latent_stats(self, images: torch.Tensor, batch: int = 256) -> None:
-        enc = torch.cat([self.taesd_encoder(images[i:i + batch]) for i in range(0, len(images), batch)])
+        enc = torch.cat([self.encode_raw(images[i:i + batch]) for i in range(0, len(images), batch)])
         self.latent_mean.fill_(enc.mean())
         self.latent_std.fill_(enc.std())
 
