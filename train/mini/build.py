@@ -43,7 +43,6 @@ class Sizes:
     dit_steps: int = 10000
     dit_depth: int = 3               # hidden 192 (ComfyUI reads SD3 as 64 x depth); depth 2 drew blobs: shape 56 %
     dit_batch: int = 64
-    dit_lr: float = 1e-3
     vlm_steps: int = 3000             # language training, vision tower frozen
     vlm_vision_steps: int = 4000      # vision-tower warm-up on the labels before the language training
     vlm_hidden: int = 96
@@ -60,7 +59,7 @@ class Sizes:
 
 SIZES = {
     "full": Sizes(),
-    # the quick start's default and CI's quality check: about 15 min on 2 CPU cores (the VLM in a second
+    # the quick start's default and CI's quality check: about 20 min on 2 CPU cores (the VLM in a second
     # process beside the image stages), shorter schedules, a VLM that trains only the token rows it uses
     "quick": Sizes(ae_steps=700, t5_steps=150, dit_steps=4000, dit_batch=32, vlm_steps=2000, vlm_vision_steps=2000,
                    vlm_used_rows=True, precompute_images=1024, seeds=(0,), eval_cases=400, ablations=False),
@@ -230,7 +229,7 @@ def train_image_model(p: Paths, sizes: Sizes, train_items, images: torch.Tensor,
     cls = torch.tensor([classes.index((it.colour, it.shape)) for it in train_items])
     cfg = dict(context_dim=sizes.t5_dim, depth=sizes.dit_depth, latent_size=lat.shape[-1])
     dit = train_dit(torch.cat([lat, lat_flip]), torch.cat([cls, cls]), contexts, sizes.dit_steps,
-                    context_dim=sizes.t5_dim, depth=sizes.dit_depth, batch=sizes.dit_batch, lr=sizes.dit_lr,
+                    context_dim=sizes.t5_dim, depth=sizes.dit_depth, batch=sizes.dit_batch,
                     cond_noise=cond_noise, token_drop=token_drop, log=log)
     _save_file(dit.state_dict(), dst, metadata={"mini_config": json.dumps(cfg)})
 
@@ -267,14 +266,14 @@ class _Beside:
     """The language branch in a second process (`python -m train mini build --only language`, one torch
     thread each), stopped with this one if this one fails or is interrupted."""
 
-    def __init__(self, out: str, size: str, models_only: bool):
+    def __init__(self, out: str, size: str):
         import subprocess
         import sys
 
         from devtools import paths as dev_paths
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [dev_paths.ROOT, os.environ.get("PYTHONPATH")]))}
         cmd = [sys.executable, "-m", "train", "mini", "build", "--out", out, "--size", size, "--only", "language",
-               "--threads", "1", *(["--models-only"] if models_only else [])]
+               "--threads", "1"]
         self.proc = subprocess.Popen(cmd, cwd=dev_paths.ROOT, env=env)
         self.threads = torch.get_num_threads()
         torch.set_num_threads(max(1, self.threads - 1))
@@ -300,10 +299,10 @@ class _Beside:
 def build(out: str, size: str = "full", log=None, stop_after: str = "", models_only: bool = False,
           jobs: int = 1, only: str = "") -> Paths:
     """Run the stages in order (existing outputs are kept); ``stop_after`` names the last stage to run
-    ('judge', 'autoencoder', 't5', 'image model', 'vlm'; empty = all); ``models_only``: what the workflow
-    loads (one aligner, no ablations), as the quick start needs; ``jobs`` 2: the VLM and its precompute in
-    a second process beside the image stages (each with one torch thread fewer); ``only`` 'language': just
-    that branch (what the second process runs)."""
+    ('judge', 'autoencoder', 't5', 'image model', 'vlm' = the VLM and its precompute; empty = all);
+    ``models_only``: what the workflow loads (one aligner, no ablations), as the quick start needs;
+    ``jobs`` 2: the VLM and its precompute in a second process beside the image stages (each with one torch
+    thread fewer); ``only`` 'language': just that branch (what the second process runs)."""
     sizes = SIZES[size]
     if models_only:
         sizes = replace(sizes, seeds=sizes.seeds[:1], ablations=False)
@@ -319,14 +318,14 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
         return p
     beside = None
     if jobs >= 2 and not stop_after and not os.path.exists(p.vlm):
-        beside = _Beside(p.out, size, models_only)
+        beside = _Beside(p.out, size)
         log_only = log
 
         def log(msg):   # the stages' progress callback, called between their steps
             beside.poll()
             log_only(msg)
     try:
-        _image_branch(p, sizes, train_items, test_items, log, stop_after)
+        images = _image_branch(p, sizes, train_items, test_items, log, stop_after)
         if stop_after in ("judge", "autoencoder", "t5", "image model"):
             return p
         if beside:
@@ -346,13 +345,13 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
             fit_aligner(p, sizes, name, 0, fit_options(name), log)
         # the image model without conditioning augmentation (noise and token drop on the T5 states)
         _stage("image model without conditioning augmentation", p.dit_plain, log,
-               lambda tmp: train_image_model(p, sizes, train_items, data.image_tensor(train_items, IMAGE_SIZE),
-                                             tmp, cond_noise=0.0, token_drop=0.0, log=log))
+               lambda tmp: train_image_model(p, sizes, train_items, images, tmp, cond_noise=0.0, token_drop=0.0,
+                                             log=log))
     return p
 
 
-def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_after: str) -> None:
-    """Stages 1-4: judge, autoencoder, T5, image model."""
+def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_after: str) -> torch.Tensor:
+    """Stages 1-4: judge, autoencoder, T5, image model; returns the train images they read."""
     from devtools import paths as dev_paths   # the tokenizers ComfyUI ships
     images = data.image_tensor(train_items, IMAGE_SIZE)
     labels = data.labels(train_items)
@@ -366,7 +365,7 @@ def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_aft
                                                        data.labels(test_items)).items()}
     _stage("judge", p.judge, log, judge_stage)
     if stop_after == "judge":
-        return
+        return images
 
     # 2. autoencoder
     def ae_stage(tmp):
@@ -383,14 +382,15 @@ def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_aft
                 **{f"reconstruction_{k}": v for k, v in ceiling.items()}}
     _stage("autoencoder", p.vae, log, ae_stage)
     if stop_after == "autoencoder":
-        return
+        return images
 
     # 3. T5
     from .lang import train_t5
     _stage("t5", p.t5, log, lambda tmp: (train_t5(tmp, dev_paths.tokenizer_dir("t5_tokenizer"), sizes.t5_steps,
                                                    d_model=sizes.t5_dim, log=log), None)[1])
     if stop_after == "t5":
-        return
+        return images
 
     # 4. image model on T5 encoder states of the captions (every template), nothing else
     _stage("image model", p.dit, log, lambda tmp: train_image_model(p, sizes, train_items, images, tmp, log=log))
+    return images

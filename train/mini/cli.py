@@ -22,6 +22,8 @@ def markers(size: str) -> tuple[str, str]:
     """The comments around a size's table in RESULTS.md (the full build's keep their first spelling)."""
     name = "thinkdiff-mini results" if size == "full" else f"thinkdiff-mini {size} results"
     return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+
+
 DEFAULT_OUT = os.path.join(".cache", "mini-{size}")   # one folder per size (a folder holds one build)
 
 
@@ -121,14 +123,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="build: 2 trains the VLM in a second process beside the image stages (default: 2 with "
                         "2 or more CPU cores)")
     p.add_argument("--only", default="", choices=["", "language"], help=argparse.SUPPRESS)
-    p.add_argument("--models-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--models", default="", help="install: a ComfyUI models folder (e.g. ComfyUI/models)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out = args.out or DEFAULT_OUT.format(size=args.size)
     from .build import build
-    built = build(args.out, args.size, models_only=args.models_only or args.command == "install", jobs=args.jobs,
+    built = build(args.out, args.size, models_only=args.command == "install", jobs=args.jobs,
                   only=args.only)
     if args.command == "build":
         return 0

@@ -85,12 +85,9 @@ class TAESD(nn.Module):
                                     for m in self.modules() if isinstance(m, _Block))
         return _shallow(seq, x) if self._blocks_zero else seq(x)
 
-    def encode_raw(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(self.taesd_encoder, x)
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels -> model-space latents (standardised)."""
-        return (self.encode_raw(x) - self.latent_mean) / self.latent_std
+        return (self._run(self.taesd_encoder, x) - self.latent_mean) / self.latent_std
 
     def decode(self, m: torch.Tensor) -> torch.Tensor:
         """model-space latents -> [0, 1] pixels (not clamped)."""
@@ -98,7 +95,7 @@ class TAESD(nn.Module):
 
     @torch.no_grad()
     def set_latent_stats(self, images: torch.Tensor, batch: int = 256) -> None:
-        enc = torch.cat([self.encode_raw(images[i:i + batch]) for i in range(0, len(images), batch)])
+        enc = torch.cat([self._run(self.taesd_encoder, images[i:i + batch]) for i in range(0, len(images), batch)])
         self.latent_mean.fill_(enc.mean())
         self.latent_std.fill_(enc.std())
 
