@@ -1,9 +1,12 @@
-"""Two of ThinkDiff-mini's savings, side by side in one run (ratios, since these machines are noisy):
+"""ThinkDiff-mini's savings, side by side in one run (ratios, since these machines are noisy):
 - the VLM's language training step with every embedding / LM-head row trained vs only the rows the task's
   tokens use (``vlm_used_rows``, the quick size), timed as a short real training run minus the same run
   with 2 steps (set-up, saving), divided by the step difference;
 - the autoencoder's encode + decode of 256 images through the whole TAESD vs through its shallow form
-  (what ``TAESD.encode`` / ``decode`` run while the residual Blocks are zero: the same numbers).
+  (what ``TAESD.encode`` / ``decode`` run while the residual Blocks are zero: the same numbers);
+- the autoencoder's and the image model's training steps in fp32 vs under bf16 autocast (the quick size's
+  ``bf16``, used where thinkdiff_core.dtypes.cpu_bf16_fast finds native bf16 on the CPU), timed like the
+  VLM's step: a run of N + 2 steps minus a run of 2 steps, divided by N.
 
     python -m bench.bench_mini_steps [--threads 1] [--rounds 2]
 """
@@ -22,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--vlm-steps", type=int, default=30)
+    p.add_argument("--image-steps", type=int, default=20)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from devtools import paths as dev_paths
@@ -40,6 +44,25 @@ def main(argv: list[str] | None = None) -> int:
         ae.decode(ae.encode(images))
         return time.perf_counter() - t
 
+    from thinkdiff_core.dtypes import cpu_bf16_fast
+    latents = torch.randn(256, 16, 8, 8)
+    contexts = [[torch.randn(8, 64)] for _ in range(4)]
+
+    def ae_steps(steps, bf16):
+        t = time.perf_counter()
+        image.train_autoencoder(images, steps, bf16=bf16, log=quiet)
+        return time.perf_counter() - t
+
+    def dit_steps(steps, bf16):
+        t = time.perf_counter()
+        image.train_dit(latents, torch.arange(256) % 4, contexts, steps, context_dim=64, depth=3, batch=32,
+                        bf16=bf16, log=quiet)
+        return time.perf_counter() - t
+
+    def per(fn, bf16):
+        n = args.image_steps
+        return (fn(n + 2, bf16) - fn(2, bf16)) / n
+
     def vlm(steps, used):
         with tempfile.TemporaryDirectory() as d:
             t = time.perf_counter()
@@ -53,14 +76,22 @@ def main(argv: list[str] | None = None) -> int:
                          ("VLM language step, used rows only", lambda: (vlm(args.vlm_steps + 2, True) - vlm(2, True))
                           / args.vlm_steps),
                          ("autoencoder encode + decode of 256 images, whole TAESD", lambda: coder(False)),
-                         ("autoencoder encode + decode of 256 images, shallow form", lambda: coder(True))]:
+                         ("autoencoder encode + decode of 256 images, shallow form", lambda: coder(True)),
+                         ("autoencoder training step (batch 32), fp32", lambda: per(ae_steps, False)),
+                         ("autoencoder training step (batch 32), bf16 autocast", lambda: per(ae_steps, True)),
+                         ("image model training step (depth 3, batch 32), fp32", lambda: per(dit_steps, False)),
+                         ("image model training step (depth 3, batch 32), bf16 autocast",
+                          lambda: per(dit_steps, True))]:
             per_step.setdefault(name, []).append(fn())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU cores")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU cores, "
+          f"native bf16 (cpu_bf16_fast): {cpu_bf16_fast()}")
     for name, ts in per_step.items():
         print(f"{name}: {1000 * min(ts):.0f} ms (rounds: {', '.join(f'{1000 * t:.0f}' for t in ts)})")
     names = list(per_step)
     print(f"ratio VLM step every row / used rows: {min(per_step[names[0]]) / min(per_step[names[1]]):.2f}")
     print(f"ratio autoencoder whole / shallow: {min(per_step[names[2]]) / min(per_step[names[3]]):.2f}")
+    print(f"ratio autoencoder training step fp32 / bf16: {min(per_step[names[4]]) / min(per_step[names[5]]):.2f}")
+    print(f"ratio image model training step fp32 / bf16: {min(per_step[names[6]]) / min(per_step[names[7]]):.2f}")
     return 0
 
 
