@@ -4,9 +4,9 @@
   with 2 steps (set-up, saving), divided by the step difference;
 - the autoencoder's encode + decode of 256 images through the whole TAESD vs through its shallow form
   (what ``TAESD.encode`` / ``decode`` run while the residual Blocks are zero: the same numbers);
-- the autoencoder's and the image model's training steps in fp32 vs under bf16 autocast (the quick size's
-  ``bf16``, used where thinkdiff_core.dtypes.cpu_bf16_fast finds native bf16 on the CPU), timed like the
-  VLM's step: a run of N + 2 steps minus a run of 2 steps, divided by N.
+- the autoencoder's training step in the contiguous layout vs channels-last (what train_autoencoder uses),
+  and, for the record, channels-last under bf16 autocast (not used: it converged worse, bench/RESULTS.md),
+  timed like the VLM's step: a run of N + 2 steps minus a run of 2 steps, divided by N.
 
     python -m bench.bench_mini_steps [--threads 1] [--rounds 2]
 """
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--vlm-steps", type=int, default=30)
-    p.add_argument("--image-steps", type=int, default=20)
+    p.add_argument("--ae-steps", type=int, default=20)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from devtools import paths as dev_paths
@@ -44,24 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         ae.decode(ae.encode(images))
         return time.perf_counter() - t
 
-    from thinkdiff_core.dtypes import cpu_bf16_fast
-    latents = torch.randn(256, 16, 8, 8)
-    contexts = [[torch.randn(8, 64)] for _ in range(4)]
-
-    def ae_steps(steps, bf16):
+    def ae_steps(steps, layout):
         t = time.perf_counter()
-        image.train_autoencoder(images, steps, bf16=bf16, log=quiet)
+        if layout == "bf16":   # the training loop's forward pass under bf16 autocast
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                image.train_autoencoder(images, steps, log=quiet)
+        else:
+            image.train_autoencoder(images, steps, channels_last=layout == "channels_last", log=quiet)
         return time.perf_counter() - t
 
-    def dit_steps(steps, bf16):
-        t = time.perf_counter()
-        image.train_dit(latents, torch.arange(256) % 4, contexts, steps, context_dim=64, depth=3, batch=32,
-                        bf16=bf16, log=quiet)
-        return time.perf_counter() - t
-
-    def per(fn, bf16):
-        n = args.image_steps
-        return (fn(n + 2, bf16) - fn(2, bf16)) / n
+    def per(layout):
+        n = args.ae_steps
+        return (ae_steps(n + 2, layout) - ae_steps(2, layout)) / n
 
     def vlm(steps, used):
         with tempfile.TemporaryDirectory() as d:
@@ -77,21 +71,22 @@ def main(argv: list[str] | None = None) -> int:
                           / args.vlm_steps),
                          ("autoencoder encode + decode of 256 images, whole TAESD", lambda: coder(False)),
                          ("autoencoder encode + decode of 256 images, shallow form", lambda: coder(True)),
-                         ("autoencoder training step (batch 32), fp32", lambda: per(ae_steps, False)),
-                         ("autoencoder training step (batch 32), bf16 autocast", lambda: per(ae_steps, True)),
-                         ("image model training step (depth 3, batch 32), fp32", lambda: per(dit_steps, False)),
-                         ("image model training step (depth 3, batch 32), bf16 autocast",
-                          lambda: per(dit_steps, True))]:
+                         ("autoencoder training step (batch 32), contiguous", lambda: per("contiguous")),
+                         ("autoencoder training step (batch 32), channels-last", lambda: per("channels_last")),
+                         ("autoencoder training step (batch 32), channels-last + bf16 autocast",
+                          lambda: per("bf16"))]:
             per_step.setdefault(name, []).append(fn())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU cores, "
-          f"native bf16 (cpu_bf16_fast): {cpu_bf16_fast()}")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?") \
+        if os.path.exists("/proc/cpuinfo") else "?"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU cores ({cpu})")
     for name, ts in per_step.items():
         print(f"{name}: {1000 * min(ts):.0f} ms (rounds: {', '.join(f'{1000 * t:.0f}' for t in ts)})")
     names = list(per_step)
     print(f"ratio VLM step every row / used rows: {min(per_step[names[0]]) / min(per_step[names[1]]):.2f}")
     print(f"ratio autoencoder whole / shallow: {min(per_step[names[2]]) / min(per_step[names[3]]):.2f}")
-    print(f"ratio autoencoder training step fp32 / bf16: {min(per_step[names[4]]) / min(per_step[names[5]]):.2f}")
-    print(f"ratio image model training step fp32 / bf16: {min(per_step[names[6]]) / min(per_step[names[7]]):.2f}")
+    print(f"ratio autoencoder training step contiguous / channels-last: "
+          f"{min(per_step[names[4]]) / min(per_step[names[5]]):.2f}")
+    print(f"ratio autoencoder training step channels-last / + bf16: {min(per_step[names[5]]) / min(per_step[names[6]]):.2f}")
     return 0
 
 

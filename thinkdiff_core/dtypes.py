@@ -53,20 +53,3 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu", *
     if bf16_supported:
         return torch.bfloat16
     return torch.float16 if fp16_supported else torch.float32
-
-
-def cpu_bf16_fast() -> bool:
-    """Whether this CPU multiplies bf16 natively (the avx512_bf16 or amx_bf16 instructions, which oneDNN
-    uses), so that bf16 autocast speeds training up on it (2.5x for the ThinkDiff-mini autoencoder here);
-    elsewhere torch emulates bf16, slower than fp32. Read from /proc/cpuinfo (Linux; False elsewhere).
-    The ``THINKDIFF_CPU_BF16`` environment variable ("0" / "1") overrides the check."""
-    import os
-    forced = os.environ.get("THINKDIFF_CPU_BF16", "")
-    if forced in ("0", "1"):
-        return forced == "1"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return torch.backends.mkldnn.is_available() and bool({"avx512_bf16", "amx_bf16"} & set(flags))

@@ -188,7 +188,7 @@ def test_autoencoder_shallow_path_is_exact():
     numbers must equal the whole network's, which is what ComfyUI runs."""
     from train.mini.image import TAESD, train_autoencoder
     x = data.image_tensor(data.load("test")[:8], mini_eval.IMAGE_SIZE)
-    ae = train_autoencoder(x, 2, bf16=True, log=lambda m: None)   # trained channels-last under bf16 autocast
+    ae = train_autoencoder(x, 2, log=lambda m: None)   # trained channels-last
     assert all(t.dtype == torch.float32 and t.is_contiguous() for t in ae.state_dict().values())   # saved as usual
     with torch.no_grad():
         z = ae.encode(x)
@@ -199,28 +199,3 @@ def test_autoencoder_shallow_path_is_exact():
         assert torch.equal(other.encode(x), (other.taesd_encoder(x) - other.latent_mean) / other.latent_std)
         assert not other._blocks_zero
 
-
-def test_image_model_trains_under_bf16_autocast():
-    """train_dit(bf16=True): the forward pass in bf16, the weights it returns fp32; the loss falls."""
-    from train.mini.image import train_dit
-    torch.manual_seed(0)
-    latents = torch.randn(16, 16, 8, 8)
-    contexts = [[torch.randn(5, 64)], [torch.randn(6, 64)]]
-    logs = []
-    dit = train_dit(latents, torch.arange(16) % 2, contexts, 30, context_dim=64, depth=1, batch=8, bf16=True,
-                    log=logs.append)
-    assert all(t.dtype == torch.float32 for t in dit.state_dict().values())
-    assert len(logs) == 2 and float(logs[-1].split()[-1]) < float(logs[0].split()[-1]), logs
-
-
-def test_cpu_bf16_check(monkeypatch):
-    """bf16 autocast only where the CPU multiplies bf16 natively; THINKDIFF_CPU_BF16 overrides the check."""
-    from thinkdiff_core.dtypes import cpu_bf16_fast
-    monkeypatch.setenv("THINKDIFF_CPU_BF16", "0")
-    assert cpu_bf16_fast() is False
-    assert mini_build._bf16(mini_build.SIZES["quick"]) is False
-    monkeypatch.setenv("THINKDIFF_CPU_BF16", "1")
-    assert cpu_bf16_fast() is True and mini_build._bf16(mini_build.SIZES["full"]) is False   # full stays fp32
-    monkeypatch.delenv("THINKDIFF_CPU_BF16")
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    assert cpu_bf16_fast() == (("avx512_bf16" in flags or "amx_bf16" in flags) and torch.backends.mkldnn.is_available())

@@ -55,7 +55,6 @@ class Sizes:
     seeds: tuple = (0, 1, 2)
     eval_cases: int = 400
     ablations: bool = True
-    bf16: bool = False                # autoencoder and image model under bf16 autocast where the CPU has it
 
 
 SIZES = {
@@ -63,8 +62,7 @@ SIZES = {
     # the quick start's default and CI's quality check: about 20 min on 2 CPU cores (the VLM in a second
     # process beside the image stages), shorter schedules, a VLM that trains only the token rows it uses
     "quick": Sizes(ae_steps=700, t5_steps=150, dit_steps=4000, dit_batch=32, vlm_steps=2000, vlm_vision_steps=2000,
-                   vlm_used_rows=True, precompute_images=1024, seeds=(0,), eval_cases=400, ablations=False,
-                   bf16=True),
+                   vlm_used_rows=True, precompute_images=1024, seeds=(0,), eval_cases=400, ablations=False),
 }
 
 # the default aligner's extra `python -m train fit` options. Not the paper's decoder-only objective: on these
@@ -83,13 +81,6 @@ ABLATIONS = {
     "hidden_64": ["--aligner-hidden", "64"],          # capacity
     "hidden_1024": ["--aligner-hidden", "1024"],
 }
-
-
-def _bf16(sizes: Sizes) -> bool:
-    """bf16 autocast for the autoencoder and the image model: the size allows it and the CPU multiplies bf16
-    natively (thinkdiff_core.dtypes.cpu_bf16_fast)."""
-    from thinkdiff_core.dtypes import cpu_bf16_fast
-    return sizes.bf16 and cpu_bf16_fast()
 
 
 def fit_options(variant: str = "aligner") -> list[str]:
@@ -239,7 +230,7 @@ def train_image_model(p: Paths, sizes: Sizes, train_items, images: torch.Tensor,
     cfg = dict(context_dim=sizes.t5_dim, depth=sizes.dit_depth, latent_size=lat.shape[-1])
     dit = train_dit(torch.cat([lat, lat_flip]), torch.cat([cls, cls]), contexts, sizes.dit_steps,
                     context_dim=sizes.t5_dim, depth=sizes.dit_depth, batch=sizes.dit_batch,
-                    cond_noise=cond_noise, token_drop=token_drop, bf16=_bf16(sizes), log=log)
+                    cond_noise=cond_noise, token_drop=token_drop, log=log)
     _save_file(dit.state_dict(), dst, metadata={"mini_config": json.dumps(cfg)})
 
 
@@ -320,7 +311,7 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
     check_format(p.out, size)
     log = log or _log_to(p.log)
     log({"event": "build", "size": size, "sizes": asdict(sizes), "threads": torch.get_num_threads(),
-         "jobs": jobs, "only": only, "bf16": _bf16(sizes)})
+         "jobs": jobs, "only": only})
     train_items, test_items = data.load("train"), data.load("test")
     if only == "language":
         language_branch(p, sizes, train_items, log)
@@ -380,7 +371,7 @@ def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_aft
     def ae_stage(tmp):
         from .image import train_autoencoder
         from .judge import score
-        ae = train_autoencoder(images, sizes.ae_steps, bf16=_bf16(sizes), log=log)
+        ae = train_autoencoder(images, sizes.ae_steps, log=log)
         _save_file(ae.comfy_state_dict(), tmp)
         test = data.image_tensor(test_items, IMAGE_SIZE)
         with torch.no_grad():

@@ -141,7 +141,7 @@ def _shallow(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 
 def train_autoencoder(images: torch.Tensor, steps: int, batch: int = 32, lr: float = 3e-3, seed: int = 0,
-                      edge_weight: float = 1.0, bf16: bool = False, log=print) -> TAESD:
+                      edge_weight: float = 1.0, channels_last: bool = True, log=print) -> TAESD:
     """Reconstruction of [N, 3, H, W] images in [0, 1] (horizontal flips): foreground-weighted MSE plus an
     L1 term on the horizontal and vertical differences (sharper edges, so shapes survive).
 
@@ -150,15 +150,17 @@ def train_autoencoder(images: torch.Tensor, steps: int, batch: int = 32, lr: flo
     per step on a CPU than the whole TAESD and converged much further in the same time here
     (bench/RESULTS.md); the saved file is still the whole TAESD layout that ComfyUI loads.
 
-    The convolutions run channels-last (oneDNN's fast layout on a CPU) and, with ``bf16``, under bf16
-    autocast (weights and the loss stay fp32); see :func:`thinkdiff_core.dtypes.cpu_bf16_fast`."""
+    ``channels_last``: the convolutions run in oneDNN's fast layout on a CPU (bench/bench_mini_steps.py); the
+    returned model is contiguous again. Not bf16 autocast: 3.5x faster still on a Xeon with AMX, but it
+    converged to twice the test MSE there (bench/RESULTS.md)."""
     torch.manual_seed(seed)
     ae = TAESD()
     for m in ae.modules():
         if isinstance(m, _Block):
             nn.init.zeros_(m.conv[4].weight)
             nn.init.zeros_(m.conv[4].bias)
-    ae = ae.to(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    ae = ae.to(memory_format=layout)
     params = [p for n, p in ae.named_parameters() if ".conv." not in n]   # everything but the Blocks' insides
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
@@ -169,9 +171,7 @@ def train_autoencoder(images: torch.Tensor, steps: int, batch: int = 32, lr: flo
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, 50)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y = _shallow(ae.taesd_decoder, _shallow(ae.taesd_encoder, x.contiguous(memory_format=torch.channels_last)))
-        y = y.float()
+        y = _shallow(ae.taesd_decoder, _shallow(ae.taesd_encoder, x.contiguous(memory_format=layout)))
         loss = ((y - x).pow(2) * foreground_weight(x)).mean()
         if edge_weight:
             loss = loss + edge_weight * sum((a - b).abs().mean() for a, b in zip(_edges(y), _edges(x)))
@@ -226,13 +226,11 @@ def pad_contexts(contexts: list[torch.Tensor]) -> torch.Tensor:
 
 def train_dit(latents: torch.Tensor, cond_index: torch.Tensor, contexts: list[list[torch.Tensor]], steps: int,
               context_dim: int, depth: int = 2, batch: int = 64, lr: float = 1e-3, uncond_p: float = 0.1,
-              cond_noise: float = 0.5, token_drop: float = 0.15, ema: float = 0.998, seed: int = 0, bf16: bool = False,
-              log=print):
+              cond_noise: float = 0.5, token_drop: float = 0.15, ema: float = 0.998, seed: int = 0, log=print):
     """Rectified flow on model-space latents [N, 16, h, w]. Sample i is conditioned on one of the contexts
     of its class ``contexts[cond_index[i]]`` (T5 encoder states of the caption templates), replaced by
     zeros with probability ``uncond_p`` (for CFG). Conditioning augmentation: Gaussian noise of std
-    ~U(0, cond_noise) relative to the states' RMS, and each token zeroed with probability token_drop.
-    ``bf16``: the forward pass under bf16 autocast (weights, loss and EMA stay fp32)."""
+    ~U(0, cond_noise) relative to the states' RMS, and each token zeroed with probability token_drop."""
     import copy
     torch.manual_seed(seed)
     dit = build_dit(context_dim, depth, latent_size=latents.shape[-1], seed=seed)
@@ -256,9 +254,7 @@ def train_dit(latents: torch.Tensor, cond_index: torch.Tensor, contexts: list[li
         xt = (1 - s) * x0 + s * noise
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, 100)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            v = dit_velocity(dit, xt, sigma, ctx)
-        loss = (v.float() - (noise - x0)).pow(2).mean()
+        loss = (dit_velocity(dit, xt, sigma, ctx) - (noise - x0)).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
