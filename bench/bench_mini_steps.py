@@ -4,8 +4,9 @@
   with 2 steps (set-up, saving), divided by the step difference;
 - the autoencoder's encode + decode of 256 images through the whole TAESD vs through its shallow form
   (what ``TAESD.encode`` / ``decode`` run while the residual Blocks are zero: the same numbers);
-- the autoencoder's training step in the contiguous layout vs channels-last (what train_autoencoder uses),
-  and, for the record, channels-last under bf16 autocast (not used: it converged worse, bench/RESULTS.md),
+- the autoencoder's training step in the contiguous layout (what the build uses) vs channels-last
+  (``train_autoencoder(channels_last=True)``), and channels-last under bf16 autocast (neither used, see
+  bench/RESULTS.md),
   timed like the VLM's step: a run of N + 2 steps minus a run of 2 steps, divided by N.
 
     python -m bench.bench_mini_steps [--threads 1] [--rounds 2]

@@ -61,9 +61,12 @@ def test_judge_reads_real_images(mini):
 # what the quick build must keep doing. Measured (bench/RESULTS.md, "Quick size", n = 400): caption colour 97.5,
 # both 37.7; aligned colour 31.0, both 13.2; in-context colour 31.0, both 9.5; VLM text right in 78.0 % of the
 # captions, 95.7 % of the in-context answers; image models trained with other settings of the same budget gave
-# aligned both 8.5-16.5 (n = 200). Chance: colour 12.5, both 4.2. Each floor sits below the measurements, above chance.
+# aligned both 8.5-16.5 (n = 200). Builds of the same code that differ only in float rounding (another CPU, a
+# channels-last autoencoder) gave aligned colour 24.8-31.0, both 9.7-13.2 and in-context colour 20.0-45.5, both
+# 4.3-15.7 (n = 400, 2026-12-03): in-context "both" spans chance, so only its colour has a floor.
+# Chance: colour 12.5, both 4.2. Each floor sits below the measurements, above chance.
 QUALITY = {"caption colour": 0.80, "caption both": 0.22, "aligned colour": 0.19, "aligned both": 0.075,
-           "in-context colour": 0.19, "in-context both": 0.06, "VLM text, in-context answers": 0.8,
+           "in-context colour": 0.16, "VLM text, in-context answers": 0.8,
            "VLM text, captions": 0.6}
 
 
@@ -75,7 +78,7 @@ def test_the_method_works_at_the_quick_size(results):
     c = results["conditions"]
     got = {"caption colour": c["caption"]["colour"], "caption both": c["caption"]["both"],
            "aligned colour": c["aligned"]["colour"], "aligned both": c["aligned"]["both"],
-           "in-context colour": c["in_context"]["colour"], "in-context both": c["in_context"]["both"],
+           "in-context colour": c["in_context"]["colour"],
            "VLM text, in-context answers": results["vlm_text"]["in_context"]["both"],
            "VLM text, captions": results["vlm_text"]["caption"]["both"]}
     low = {k: (round(v, 3), QUALITY[k]) for k, v in got.items() if v < QUALITY[k]}
