@@ -47,11 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def ae_steps(steps, layout):
         t = time.perf_counter()
-        if layout == "bf16":   # the training loop's forward pass under bf16 autocast
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                image.train_autoencoder(images, steps, log=quiet)
-        else:
-            image.train_autoencoder(images, steps, channels_last=layout == "channels_last", log=quiet)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=layout == "bf16"):   # bf16: channels-last too
+            image.train_autoencoder(images, steps, channels_last=layout != "contiguous", log=quiet)
         return time.perf_counter() - t
 
     def per(layout):

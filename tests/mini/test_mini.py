@@ -192,7 +192,7 @@ def test_autoencoder_shallow_path_is_exact():
     numbers must equal the whole network's, which is what ComfyUI runs."""
     from train.mini.image import TAESD, train_autoencoder
     x = data.image_tensor(data.load("test")[:8], mini_eval.IMAGE_SIZE)
-    ae = train_autoencoder(x, 2, log=lambda m: None)   # trained channels-last
+    ae = train_autoencoder(x, 2, channels_last=True, log=lambda m: None)
     assert all(t.dtype == torch.float32 and t.is_contiguous() for t in ae.state_dict().values())   # saved as usual
     with torch.no_grad():
         z = ae.encode(x)
@@ -202,4 +202,3 @@ def test_autoencoder_shallow_path_is_exact():
         other = TAESD()   # random Blocks: the whole network
         assert torch.equal(other.encode(x), (other.taesd_encoder(x) - other.latent_mean) / other.latent_std)
         assert not other._blocks_zero
-
