@@ -31,7 +31,7 @@ from . import data
 
 IMAGE_SIZE = 64                  # easy-vqa's own size; latents 8x8 (the judge reads them at 32)
 # what the stages' outputs depend on beyond the sizes: a build folder made with other values is refused
-FORMAT = {"format": 4, "image_size": IMAGE_SIZE}   # 4: depth-3 image model, VLM with frozen vision
+FORMAT = {"format": 5, "image_size": IMAGE_SIZE}   # 5: captions "An image of a ..." (4: depth-3 image model, frozen VLM vision)
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,15 @@ _C = "|".join(COLOURS)
 _S = "|".join(SHAPES)
 
 # the captions the tiny VLM writes and the tiny T5 autoencodes; the image model is trained on the T5
-# encoder states of all the templates, so the phrasing the VLM uses in the in-context task is known to it
-CAPTION = "A {colour} {shape}."
+# encoder states of all the templates, so the phrasing the VLM uses in the in-context task is known to it.
+# The caption shares the in-context answer's words ("... an image of a green circle."): the aligner is fitted
+# on caption generations only (as in the paper), so an answer word no caption uses reaches the image model
+# as a state the aligner never saw. With captions "A green circle." the five prefix tokens of "Create an
+# image of a ..." halved the in-context colour (11.0 % against 24.5 % for the same generations cut to
+# " a green circle.", n = 200; bench/RESULTS.md, 2026-12-03 second session).
+CAPTION = "An image of a {colour} {shape}."
 ANSWER = "Create an image of a {colour} {shape}."
-TEMPLATES = (CAPTION, ANSWER, "a {colour} {shape}", "An image of a {colour} {shape}.", "{colour} {shape}")
+TEMPLATES = ("A {colour} {shape}.", ANSWER, "a {colour} {shape}", CAPTION, "{colour} {shape}")
 
 
 def caption(colour: str, shape: str, template: str = CAPTION) -> str:
