@@ -25,6 +25,7 @@ _S = "|".join(SHAPES)
 # " a green circle.", n = 200; bench/RESULTS.md, 2026-12-03 second session).
 CAPTION = "An image of a {colour} {shape}."
 ANSWER = "Create an image of a {colour} {shape}."
+# (the templates keep their earlier order: the image model samples them by index, so its training is unchanged)
 TEMPLATES = ("A {colour} {shape}.", ANSWER, "a {colour} {shape}", CAPTION, "{colour} {shape}")
 
 
