@@ -53,6 +53,17 @@ def build_metrics(mini) -> dict:
     return out
 
 
+def test_build_changes_thread_counts_only_between_stages(mini):
+    """A build is reproducible float for float on one kind of CPU only if no stage's thread count depends on
+    when the VLM process (beside the first stages) ends: judge, autoencoder and T5 run with one thread fewer,
+    the VLM with one, the image model with all (train/mini/build.py, `_Beside`)."""
+    m, n = build_metrics(mini), torch.get_num_threads()
+    if n < 2 or m["vlm"].get("threads") is None:
+        pytest.fail(f"this check needs a build made here with jobs=2 on 2+ threads (threads {n}, vlm {m['vlm']})")
+    want = {"judge": n - 1, "autoencoder": n - 1, "t5": n - 1, "vlm": 1, "image model": n}
+    assert {k: m[k]["threads"] for k in want} == want
+
+
 def test_judge_reads_real_images(mini):
     judge = build_metrics(mini)["judge"]
     assert judge["real_test_colour"] >= 0.95 and judge["real_test_shape"] >= 0.9, judge

@@ -31,7 +31,8 @@ from . import data
 
 IMAGE_SIZE = 64                  # easy-vqa's own size; latents 8x8 (the judge reads them at 32)
 # what the stages' outputs depend on beyond the sizes: a build folder made with other values is refused
-FORMAT = {"format": 5, "image_size": IMAGE_SIZE}   # 5: captions "An image of a ..." (4: depth-3 image model, frozen VLM vision)
+FORMAT = {"format": 6, "image_size": IMAGE_SIZE}   # 6: channels-last autoencoder, threads fixed per stage
+# (5: captions "An image of a ..."; 4: depth-3 image model, frozen VLM vision)
 
 
 @dataclass(frozen=True)
@@ -128,11 +129,14 @@ def _stage(name: str, out: str, log, fn) -> None:
         shutil.rmtree(tmp)
     elif os.path.exists(tmp):
         os.remove(tmp)
-    t = time.time()
+    t, threads = time.time(), torch.get_num_threads()
     log(f"{name}: building")
     metrics = fn(tmp) or {}
     os.replace(tmp, out)
-    log({"stage": name, "seconds": round(time.time() - t, 1), **metrics})
+    # a stage's floats depend on its thread count: logged, and a change within the stage with it
+    now = torch.get_num_threads()
+    log({"stage": name, "seconds": round(time.time() - t, 1), "threads": threads if now == threads else f"{threads}->{now}",
+         **metrics})
 
 
 def check_format(out: str, size: str) -> None:
@@ -264,7 +268,10 @@ def language_branch(p: Paths, sizes: Sizes, train_items, log) -> None:
 
 class _Beside:
     """The language branch in a second process (`python -m train mini build --only language`, one torch
-    thread each), stopped with this one if this one fails or is interrupted."""
+    thread), stopped with this one if this one fails or is interrupted. Meanwhile this process runs the
+    stages that need nothing from it (judge, autoencoder, T5) with one thread fewer; `wait` gives the
+    threads back. Thread counts change only at those fixed stage boundaries, never mid-stage as the
+    branches' timing would have them, so a build is the same float for float on the same kind of CPU."""
 
     def __init__(self, out: str, size: str):
         import subprocess
@@ -277,11 +284,6 @@ class _Beside:
         self.proc = subprocess.Popen(cmd, cwd=dev_paths.ROOT, env=env)
         self.threads = torch.get_num_threads()
         torch.set_num_threads(max(1, self.threads - 1))
-
-    def poll(self) -> None:
-        """Between training steps: once the branch is done, this process takes the freed thread."""
-        if self.proc.poll() is not None and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
 
     def wait(self) -> None:
         rc = self.proc.wait()
@@ -301,8 +303,9 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
     """Run the stages in order (existing outputs are kept); ``stop_after`` names the last stage to run
     ('judge', 'autoencoder', 't5', 'image model', 'vlm' = the VLM and its precompute; empty = all);
     ``models_only``: what the workflow loads (one aligner, no ablations), as the quick start needs;
-    ``jobs`` 2: the VLM and its precompute in a second process beside the image stages (each with one torch
-    thread fewer); ``only`` 'language': just that branch (what the second process runs)."""
+    ``jobs`` 2: the VLM and its precompute in a second process (one torch thread) beside the judge, the
+    autoencoder and the T5 (one thread fewer), then the image model with every thread (`_Beside`);
+    ``only`` 'language': just that branch (what the second process runs)."""
     sizes = SIZES[size]
     if models_only:
         sizes = replace(sizes, seeds=sizes.seeds[:1], ablations=False)
@@ -319,17 +322,13 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
     beside = None
     if jobs >= 2 and not stop_after and not os.path.exists(p.vlm):
         beside = _Beside(p.out, size)
-        log_only = log
-
-        def log(msg):   # the stages' progress callback, called between their steps
-            beside.poll()
-            log_only(msg)
     try:
+        if beside:   # judge, autoencoder and T5 beside the language branch; the image model with every thread
+            _image_branch(p, sizes, train_items, test_items, log, "t5")
+            beside.wait()
         images = _image_branch(p, sizes, train_items, test_items, log, stop_after)
         if stop_after in ("judge", "autoencoder", "t5", "image model"):
             return p
-        if beside:
-            beside.wait()
         language_branch(p, sizes, train_items, log)
     finally:
         if beside:
@@ -371,7 +370,7 @@ def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_aft
     def ae_stage(tmp):
         from .image import train_autoencoder
         from .judge import score
-        ae = train_autoencoder(images, sizes.ae_steps, log=log)
+        ae = train_autoencoder(images, sizes.ae_steps, channels_last=True, log=log)
         _save_file(ae.comfy_state_dict(), tmp)
         test = data.image_tensor(test_items, IMAGE_SIZE)
         with torch.no_grad():

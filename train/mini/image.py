@@ -151,9 +151,8 @@ def train_autoencoder(images: torch.Tensor, steps: int, batch: int = 32, lr: flo
     (bench/RESULTS.md); the saved file is still the whole TAESD layout that ComfyUI loads.
 
     ``channels_last``: the convolutions in oneDNN's fast layout on a CPU, 1.6x faster per step
-    (bench/bench_mini_steps.py) and as good an autoencoder (test MSE 0.0036), but other floats: the one quick
-    build made with it landed low (in-context 4.3 % colour-and-shape), so it is off until more builds show
-    the spread (bench/RESULTS.md). The returned model is contiguous either way. bf16 autocast, faster still,
+    (bench/bench_mini_steps.py) and as good an autoencoder (test MSE 0.0036), other floats only; the build
+    uses it (bench/RESULTS.md). The returned model is contiguous either way. bf16 autocast, faster still,
     converged to twice the test MSE on a Xeon with AMX."""
     torch.manual_seed(seed)
     ae = TAESD()
