@@ -211,7 +211,7 @@ def fit_aligner(p: Paths, sizes: Sizes, name: str, seed: int, extra: list[str], 
         raise RuntimeError(f"export {name} seed {seed} failed")
     losses = [json.loads(line) for line in open(os.path.join(run, "log.jsonl")) if '"val_loss"' in line]
     log({"stage": f"aligner {name} seed {seed}", "seconds": round(time.time() - t, 1),
-         "val_loss_start": losses[0]["val_loss"] if losses else None,
+         "threads": torch.get_num_threads(), "val_loss_start": losses[0]["val_loss"] if losses else None,
          "val_loss_end": losses[-1]["val_loss"] if losses else None})
     return out
 
@@ -238,13 +238,25 @@ def train_image_model(p: Paths, sizes: Sizes, train_items, images: torch.Tensor,
     _save_file(dit.state_dict(), dst, metadata={"mini_config": json.dumps(cfg)})
 
 
-def language_branch(p: Paths, sizes: Sizes, train_items, log) -> None:
-    """Stages 5 and the aligner's precompute: the VLM, then its generated-token states of held-in train
+def t5_stage(p: Paths, sizes: Sizes, log) -> None:
+    """Stage 3 (the tiny T5), unless it exists."""
+    from devtools import paths as dev_paths   # the tokenizers ComfyUI ships
+
+    from .lang import train_t5
+    _stage("t5", p.t5, log, lambda tmp: (train_t5(tmp, dev_paths.tokenizer_dir("t5_tokenizer"), sizes.t5_steps,
+                                                   d_model=sizes.t5_dim, log=log), None)[1])
+
+
+def language_branch(p: Paths, sizes: Sizes, train_items, log, beside: bool = False) -> None:
+    """Stage 5 and the aligner's precompute: the VLM, then its generated-token states of held-in train
     images (`python -m train precompute`). Needs nothing from the image stages, so ``build(jobs=2)`` runs it
-    in a second process beside them."""
+    in a second process beside them (``beside``), with the T5 first (the image model waits for it) and the
+    first seed's aligner last (what the workflow loads; it never sees the image model)."""
     from devtools import paths as dev_paths   # the tokenizers ComfyUI ships
 
     from .lang import train_vlm
+    if beside:
+        t5_stage(p, sizes, log)
     _stage("vlm", p.vlm, log, lambda tmp: (train_vlm(
         tmp, dev_paths.tokenizer_dir("qwen25_tokenizer"), train_items, sizes.vlm_steps, hidden=sizes.vlm_hidden,
         layers=sizes.vlm_layers, vision_dim=sizes.vlm_vision_dim, vision_steps=sizes.vlm_vision_steps,
@@ -264,14 +276,17 @@ def language_branch(p: Paths, sizes: Sizes, train_items, log) -> None:
     if train_main(argv) != 0:
         raise RuntimeError("precompute failed")
     log({"stage": "precompute", "seconds": round(time.time() - t, 1)})
+    if beside:
+        fit_aligner(p, sizes, "aligner", sizes.seeds[0], fit_options(), log)
 
 
 class _Beside:
     """The language branch in a second process (`python -m train mini build --only language`, one torch
-    thread), stopped with this one if this one fails or is interrupted. Meanwhile this process runs the
-    stages that need nothing from it (judge, autoencoder, T5) with one thread fewer; `wait` gives the
-    threads back. Thread counts change only at those fixed stage boundaries, never mid-stage as the
-    branches' timing would have them, so a build is the same float for float on the same kind of CPU."""
+    thread: T5, VLM, precompute, the first aligner), stopped with this one if this one fails or is
+    interrupted. Meanwhile this process runs judge, autoencoder and (once the T5 exists) the image model
+    with one thread fewer; `wait` gives the threads back for what is left (other seeds, ablations). Every
+    stage's thread count is fixed, never changed mid-stage by when the other branch ends, so a build is the
+    same float for float on the same kind of CPU (on 2 cores every stage runs on one thread)."""
 
     def __init__(self, out: str, size: str):
         import subprocess
@@ -284,6 +299,15 @@ class _Beside:
         self.proc = subprocess.Popen(cmd, cwd=dev_paths.ROOT, env=env)
         self.threads = torch.get_num_threads()
         torch.set_num_threads(max(1, self.threads - 1))
+
+    def wait_for(self, path: str) -> None:
+        """Until the branch has written `path` (stages are renamed into place when complete)."""
+        while not os.path.exists(path):
+            if self.proc.poll() is not None:
+                self.wait()   # raises if it failed
+                if not os.path.exists(path):
+                    raise RuntimeError(f"the language branch ended without writing {path}")
+            time.sleep(1)
 
     def wait(self) -> None:
         rc = self.proc.wait()
@@ -303,8 +327,8 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
     """Run the stages in order (existing outputs are kept); ``stop_after`` names the last stage to run
     ('judge', 'autoencoder', 't5', 'image model', 'vlm' = the VLM and its precompute; empty = all);
     ``models_only``: what the workflow loads (one aligner, no ablations), as the quick start needs;
-    ``jobs`` 2: the VLM and its precompute in a second process (one torch thread) beside the judge, the
-    autoencoder and the T5 (one thread fewer), then the image model with every thread (`_Beside`);
+    ``jobs`` 2: T5, VLM, precompute and the first aligner in a second process (one torch thread) beside
+    judge, autoencoder and image model (one thread fewer); the rest after both with every thread (`_Beside`);
     ``only`` 'language': just that branch (what the second process runs)."""
     sizes = SIZES[size]
     if models_only:
@@ -317,18 +341,18 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
          "jobs": jobs, "only": only})
     train_items, test_items = data.load("train"), data.load("test")
     if only == "language":
-        language_branch(p, sizes, train_items, log)
+        language_branch(p, sizes, train_items, log, beside=True)
         return p
     beside = None
     if jobs >= 2 and not stop_after and not os.path.exists(p.vlm):
         beside = _Beside(p.out, size)
     try:
-        if beside:   # judge, autoencoder and T5 beside the language branch; the image model with every thread
-            _image_branch(p, sizes, train_items, test_items, log, "t5")
-            beside.wait()
-        images = _image_branch(p, sizes, train_items, test_items, log, stop_after)
+        images = _image_branch(p, sizes, train_items, test_items, log, stop_after,
+                               wait_for_t5=beside and (lambda: beside.wait_for(p.t5)))
         if stop_after in ("judge", "autoencoder", "t5", "image model"):
             return p
+        if beside:
+            beside.wait()
         language_branch(p, sizes, train_items, log)
     finally:
         if beside:
@@ -349,9 +373,9 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
     return p
 
 
-def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_after: str) -> torch.Tensor:
+def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_after: str,
+                  wait_for_t5=None) -> torch.Tensor:
     """Stages 1-4: judge, autoencoder, T5, image model; returns the train images they read."""
-    from devtools import paths as dev_paths   # the tokenizers ComfyUI ships
     images = data.image_tensor(train_items, IMAGE_SIZE)
     labels = data.labels(train_items)
 
@@ -383,10 +407,10 @@ def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_aft
     if stop_after == "autoencoder":
         return images
 
-    # 3. T5
-    from .lang import train_t5
-    _stage("t5", p.t5, log, lambda tmp: (train_t5(tmp, dev_paths.tokenizer_dir("t5_tokenizer"), sizes.t5_steps,
-                                                   d_model=sizes.t5_dim, log=log), None)[1])
+    # 3. T5 (built by the language branch first when that runs beside: wait for it)
+    if wait_for_t5:
+        wait_for_t5()
+    t5_stage(p, sizes, log)
     if stop_after == "t5":
         return images
 
