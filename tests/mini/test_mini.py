@@ -1,5 +1,5 @@
-"""ThinkDiff-mini in CI: the quick start's build (``python -m train mini build --size quick``, about 15 min
-on 2 cores) trains every model for real; the judge reads real images; the evaluation shows the method
+"""ThinkDiff-mini in CI: the quick start's build (``python -m train mini build --size quick``, about 19 min
+on 2 cores; the same floats on each run on one kind of CPU) trains every model for real; the judge reads real images; the evaluation shows the method
 working (the aligned VLM path far above chance and the caption upper bound high: the thresholds sit below
 what bench/RESULTS.md measured for this size, so a change that breaks the meaning fails here); its table
 is written; and the shipped mini workflow, run by devtools.run_workflow (stock loaders + our nodes,
@@ -79,7 +79,9 @@ def test_judge_reads_real_images(mini):
 # colour 49.8 / 25.2 %, both 19.0 / 10.5 %; in-context colour 35.7 / 19.0 %, both 11.7 / 4.0 %; caption colour
 # 84.0 / 85.8 %, both 32.7 / 32.7 %; VLM text right in 79 % of captions, 95 % of answers. In-context "both"
 # still spans chance (4.2 %), so it has no floor; the others sit below both builds and above chance (colour
-# 12.5 %; at n = 400 one standard error of chance colour is 1.7 points, of chance "both" 1 point).
+# 12.5 %; at n = 400 one standard error of chance colour is 1.7 points, of chance "both" 1 point). Since
+# format 6 a build repeats float for float on one kind of CPU; the Xeon's (the quick start's, 2026-12-03):
+# caption colour 98.8 / both 37.7, aligned 32.5 / 16.8, in-context 19.8 / 7.0 %, VLM text 79.0 / 94.5 %.
 QUALITY = {"caption colour": 0.70, "caption both": 0.22, "aligned colour": 0.20, "aligned both": 0.07,
            "in-context colour": 0.15, "VLM text, in-context answers": 0.8,
            "VLM text, captions": 0.6}
