@@ -69,9 +69,10 @@ SIZES = {
 # the default aligner's extra `python -m train fit` options. Not the paper's decoder-only objective: on these
 # tiny models that alone leaves the aligned path at chance (its rows share one direction; bench/RESULTS.md),
 # so the mini aligner also standardises its inputs and adds the encoder-side term (the decoder loss stays on).
-# Weight 30, not 10: on the quick build (bench/RESULTS.md, 2026-12-03 third session, n = 200) aligned colour
-# 34.5 -> 86.0 %, in-context 20.5 -> 45.5 %; 100 drew 83.5 / 58.0 % but leaves the decoder loss at 4.8 (2.4
-# at 30, 1.5 at 10), and 1,500 steps at 30 fell back to 59.5 / 27.5 % (the decoder loss pulls away again)
+# Weight 30, not 10: on the quick build (bench/RESULTS.md, 2026-12-03 third session, n = 200, mean of three
+# aligner seeds) aligned colour 39.3 -> 64.0 %, in-context 34.3 -> 47.0 % (the seeds spread widely); 100 drew
+# more on seed 0 but leaves the decoder loss at 4.8 (2.4 at 30, 1.5 at 10), and 1,500 steps at 30 fell back
+# (the decoder loss pulls the rows away again)
 MINI_FIT = ["--standardise-inputs", "true", "--encoder-term", "30"]
 
 # aligner variants: name -> options replacing MINI_FIT's values (one thing changed per variant)
