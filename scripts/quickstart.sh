@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command of the README's quick start: ThinkDiff-mini, the method working end to end at a size a
 # CPU trains.
-#  1. sets everything up offline (scripts/bootstrap.sh: ComfyUI 0.3.75 + a venv; or your ComfyUI
+#  1. sets up what it runs, offline (scripts/bootstrap.sh --quickstart: ComfyUI 0.3.75 + a venv; or your ComfyUI
 #     with COMFYUI_DIR=/path/to/ComfyUI),
 #  2. builds the ThinkDiff-mini models on easy-vqa (`python -m train mini install --size quick`, into
 #     .cache/mini-quick: about 20 min on 2 CPU cores the first time, resumable; seconds after that) and
@@ -20,7 +20,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$(realpath -m "${THINKDIFF_OUT:-$ROOT/demo_output}")"
 COMFY="$(realpath -m "${COMFYUI_DIR:-$ROOT/.comfyui}")"
-bash "$ROOT/scripts/bootstrap.sh"
+bash "$ROOT/scripts/bootstrap.sh" --quickstart
 PY="${THINKDIFF_VENV:-$ROOT/.venv}/bin/python"
 cd "$ROOT"   # devtools and train run as packages (python -m) from the repository root
 if [ "${1:-}" = "--flux-demo" ]; then

@@ -31,14 +31,16 @@ from . import data
 
 IMAGE_SIZE = 64                  # easy-vqa's own size; latents 8x8 (the judge reads them at 32)
 # what the stages' outputs depend on beyond the sizes: a build folder made with other values is refused
-FORMAT = {"format": 7, "image_size": IMAGE_SIZE}   # 7: encoder-side term 30 (6: channels-last autoencoder, threads
-# fixed per stage; 5: captions "An image of a ..."; 4: depth-3 image model, frozen VLM vision)
+FORMAT = {"format": 8, "image_size": IMAGE_SIZE}   # 8: the quick autoencoder's batch 24 (7: encoder-side term 30;
+# 6: channels-last autoencoder, threads fixed per stage; 5: captions "An image of a ..."; 4: depth-3 image model,
+# frozen VLM vision)
 
 
 @dataclass(frozen=True)
 class Sizes:
     judge_steps: int = 800
     ae_steps: int = 2000
+    ae_batch: int = 32               # quick 24: a quarter less time, the same ceiling (bench/RESULTS.md, 2026-12-03)
     t5_steps: int = 300
     t5_dim: int = MINI_CONTEXT_DIM    # the nodes accept an aligner of this output width (thinkdiff_core.release)
     dit_steps: int = 10000
@@ -61,9 +63,11 @@ class Sizes:
 SIZES = {
     "full": Sizes(),
     # the quick start's default and CI's quality check: about 20 min on 2 CPU cores (the VLM in a second
-    # process beside the image stages), shorter schedules, a VLM that trains only the token rows it uses
-    "quick": Sizes(ae_steps=700, t5_steps=150, dit_steps=4000, dit_batch=32, vlm_steps=2000, vlm_vision_steps=2000,
-                   vlm_used_rows=True, precompute_images=1024, seeds=(0,), eval_cases=400, ablations=False),
+    # process beside the image stages), shorter schedules, a VLM that trains only the token rows it uses.
+    # Three aligner seeds, as the full size: one seed is a weak measure (seeds 0-2 of one build drew aligned
+    # colour 86 / 42 / 65 %); the quick start fits only the first (models_only)
+    "quick": Sizes(ae_steps=700, ae_batch=24, t5_steps=150, dit_steps=4000, dit_batch=32, vlm_steps=2000, vlm_vision_steps=2000,
+                   vlm_used_rows=True, precompute_images=1024, seeds=(0, 1, 2), eval_cases=400, ablations=False),
 }
 
 # the default aligner's extra `python -m train fit` options. Not the paper's decoder-only objective: on these
@@ -243,6 +247,19 @@ def train_image_model(p: Paths, sizes: Sizes, train_items, images: torch.Tensor,
     _save_file(dit.state_dict(), dst, metadata={"mini_config": json.dumps(cfg)})
 
 
+def judge_stage(p: Paths, sizes: Sizes, train_items, test_items, log, images: torch.Tensor | None = None) -> None:
+    """Stage 1, unless it exists: the judge, on real images only; its accuracy on held-out real images is the
+    ceiling of every score."""
+    def fn(tmp):
+        from .judge import score, train_judge
+        x = data.image_tensor(train_items, IMAGE_SIZE) if images is None else images
+        judge = train_judge(x, data.labels(train_items), sizes.judge_steps, log=log)
+        _save_file(judge.state_dict(), tmp)
+        return {f"real_test_{k}": v for k, v in score(judge.predict(data.image_tensor(test_items, IMAGE_SIZE)),
+                                                       data.labels(test_items)).items()}
+    _stage("judge", p.judge, log, fn)
+
+
 def t5_stage(p: Paths, sizes: Sizes, log) -> None:
     """Stage 3 (the tiny T5), unless it exists."""
     from devtools import paths as dev_paths   # the tokenizers ComfyUI ships
@@ -255,13 +272,14 @@ def t5_stage(p: Paths, sizes: Sizes, log) -> None:
 def language_branch(p: Paths, sizes: Sizes, train_items, log, beside: bool = False) -> None:
     """Stage 5 and the aligner's precompute: the VLM, then its generated-token states of held-in train
     images (`python -m train precompute`). Needs nothing from the image stages, so ``build(jobs=2)`` runs it
-    in a second process beside them (``beside``), with the T5 first (the image model waits for it) and the
-    first seed's aligner last (what the workflow loads; it never sees the image model)."""
+    in a second process beside them (``beside``), with the T5 and the judge first (the image stages wait for
+    them) and the first seed's aligner last (what the workflow loads; it never sees the image model)."""
     from devtools import paths as dev_paths   # the tokenizers ComfyUI ships
 
     from .lang import train_vlm
     if beside:
         t5_stage(p, sizes, log)
+        judge_stage(p, sizes, train_items, data.load("test"), log)
     _stage("vlm", p.vlm, log, lambda tmp: (train_vlm(
         tmp, dev_paths.tokenizer_dir("qwen25_tokenizer"), train_items, sizes.vlm_steps, hidden=sizes.vlm_hidden,
         layers=sizes.vlm_layers, vision_dim=sizes.vlm_vision_dim, vision_steps=sizes.vlm_vision_steps,
@@ -287,9 +305,9 @@ def language_branch(p: Paths, sizes: Sizes, train_items, log, beside: bool = Fal
 
 class _Beside:
     """The language branch in a second process (`python -m train mini build --only language`, one torch
-    thread: T5, VLM, precompute, the first aligner), stopped with this one if this one fails or is
-    interrupted. Meanwhile this process runs judge, autoencoder and (once the T5 exists) the image model
-    with one thread fewer; `wait` gives the threads back for what is left (other seeds, ablations). Every
+    thread: T5, judge, VLM, precompute, the first aligner), stopped with this one if this one fails or is
+    interrupted. Meanwhile this process runs the autoencoder and (once the T5 exists) the image model with
+    one thread fewer; `wait` gives the threads back for what is left (other seeds, ablations). Every
     stage's thread count is fixed, never changed mid-stage by when the other branch ends, so a build is the
     same float for float on the same kind of CPU (on 2 cores every stage runs on one thread)."""
 
@@ -332,8 +350,8 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
     """Run the stages in order (existing outputs are kept); ``stop_after`` names the last stage to run
     ('judge', 'autoencoder', 't5', 'image model', 'vlm' = the VLM and its precompute; empty = all);
     ``models_only``: what the workflow loads (one aligner, no ablations), as the quick start needs;
-    ``jobs`` 2: T5, VLM, precompute and the first aligner in a second process (one torch thread) beside
-    judge, autoencoder and image model (one thread fewer); the rest after both with every thread (`_Beside`);
+    ``jobs`` 2: T5, judge, VLM, precompute and the first aligner in a second process (one torch thread)
+    beside autoencoder and image model (one thread fewer); the rest after both with every thread (`_Beside`);
     ``only`` 'language': just that branch (what the second process runs)."""
     sizes = SIZES[size]
     if models_only:
@@ -352,8 +370,7 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
     if jobs >= 2 and not stop_after and not os.path.exists(p.vlm):
         beside = _Beside(p.out, size)
     try:
-        images = _image_branch(p, sizes, train_items, test_items, log, stop_after,
-                               wait_for_t5=beside and (lambda: beside.wait_for(p.t5)))
+        images = _image_branch(p, sizes, train_items, test_items, log, stop_after, beside)
         if stop_after in ("judge", "autoencoder", "t5", "image model"):
             return p
         if beside:
@@ -379,19 +396,14 @@ def build(out: str, size: str = "full", log=None, stop_after: str = "", models_o
 
 
 def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_after: str,
-                  wait_for_t5=None) -> torch.Tensor:
-    """Stages 1-4: judge, autoencoder, T5, image model; returns the train images they read."""
+                  beside: "_Beside | None" = None) -> torch.Tensor:
+    """Stages 1-4: judge, autoencoder, T5, image model; returns the train images they read. With a language
+    branch ``beside``, judge and T5 are its: this waits for their files where it needs them."""
     images = data.image_tensor(train_items, IMAGE_SIZE)
-    labels = data.labels(train_items)
 
-    # 1. judge: real images only; its accuracy on held-out real images is the ceiling of every score
-    def judge_stage(tmp):
-        from .judge import score, train_judge
-        judge = train_judge(images, labels, sizes.judge_steps, log=log)
-        _save_file(judge.state_dict(), tmp)
-        return {f"real_test_{k}": v for k, v in score(judge.predict(data.image_tensor(test_items, IMAGE_SIZE)),
-                                                       data.labels(test_items)).items()}
-    _stage("judge", p.judge, log, judge_stage)
+    # 1. judge (built by the language branch when that runs beside)
+    if not beside:
+        judge_stage(p, sizes, train_items, test_items, log, images)
     if stop_after == "judge":
         return images
 
@@ -399,12 +411,14 @@ def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_aft
     def ae_stage(tmp):
         from .image import train_autoencoder
         from .judge import score
-        ae = train_autoencoder(images, sizes.ae_steps, channels_last=True, log=log)
+        ae = train_autoencoder(images, sizes.ae_steps, batch=sizes.ae_batch, channels_last=True, log=log)
         _save_file(ae.comfy_state_dict(), tmp)
         test = data.image_tensor(test_items, IMAGE_SIZE)
         with torch.no_grad():
             rec = ae.decode(ae.encode(test)).clamp(0, 1)
         # the autoencoder's ceiling: the judge on reconstructions of real held-out images
+        if beside:
+            beside.wait_for(p.judge)
         ceiling = score(load_judge(p.judge).predict(rec), data.labels(test_items))
         return {"test_mse": round((rec - test).pow(2).mean().item(), 5),
                 **{f"reconstruction_{k}": v for k, v in ceiling.items()}}
@@ -413,8 +427,8 @@ def _image_branch(p: Paths, sizes: Sizes, train_items, test_items, log, stop_aft
         return images
 
     # 3. T5 (built by the language branch first when that runs beside: wait for it)
-    if wait_for_t5:
-        wait_for_t5()
+    if beside:
+        beside.wait_for(p.t5)
     t5_stage(p, sizes, log)
     if stop_after == "t5":
         return images
