@@ -4,7 +4,7 @@
 #  1. sets up what it runs, offline (scripts/bootstrap.sh --quickstart: ComfyUI 0.3.75 + a venv; or your ComfyUI
 #     with COMFYUI_DIR=/path/to/ComfyUI),
 #  2. builds the ThinkDiff-mini models on easy-vqa (`python -m train mini install --size quick`, into
-#     .cache/mini-quick: about 20 min on 2 CPU cores the first time, resumable; seconds after that) and
+#     .cache/mini-quick: about 17 min on 2 CPU cores the first time, resumable; seconds after that) and
 #     links them into .cache/quickstart-mini/models,
 #  3. runs workflows/thinkdiff_mini_in_context.json headless in a real ComfyUI server (stock loaders and
 #     sampler around our nodes), with your images and words if given:

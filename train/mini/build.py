@@ -62,12 +62,13 @@ class Sizes:
 
 SIZES = {
     "full": Sizes(),
-    # the quick start's default and CI's quality check: about 20 min on 2 CPU cores (the VLM in a second
+    # the quick start's default and CI's quality check: about 17 min on 2 CPU cores (the VLM in a second
     # process beside the image stages), shorter schedules, a VLM that trains only the token rows it uses.
     # Three aligner seeds, as the full size: one seed is a weak measure (seeds 0-2 of one build drew aligned
     # colour 86 / 42 / 65 %); the quick start fits only the first (models_only)
-    "quick": Sizes(ae_steps=700, ae_batch=24, t5_steps=150, dit_steps=4000, dit_batch=32, vlm_steps=2000, vlm_vision_steps=2000,
-                   vlm_used_rows=True, precompute_images=1024, seeds=(0, 1, 2), eval_cases=400, ablations=False),
+    "quick": Sizes(ae_steps=700, ae_batch=24, t5_steps=150, dit_steps=4000, dit_batch=32, vlm_steps=2000,
+                   vlm_vision_steps=2000, vlm_used_rows=True, precompute_images=1024, seeds=(0, 1, 2), eval_cases=400,
+                   ablations=False),
 }
 
 # the default aligner's extra `python -m train fit` options. Not the paper's decoder-only objective: on these
